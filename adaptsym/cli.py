@@ -1,0 +1,124 @@
+"""Command line: `adaptsym {demo,train,measure,bench}` (also `python -m adaptsym`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, load_config
+from .data import DataError
+
+
+def _models(cfg, chosen: str | None) -> list[str]:
+    if chosen is None:
+        return cfg.model_names()
+    if chosen not in cfg.models:
+        raise ConfigError(f"--model {chosen!r} is not in the config; choose one of {cfg.model_names()}")
+    return [chosen]
+
+
+def cmd_train(args) -> int:
+    from .tracking import Tracker
+    from .train import train
+
+    cfg = load_config(args.config)
+    tracker = None if args.no_mlflow else Tracker(args.out, cfg.name)
+    for name in _models(cfg, args.model):
+        res = train(cfg, name, args.out, tracker=tracker, progress=not args.quiet)
+        h = res.history
+        print(f"[{name}] epochs 0..{h['epoch'][-1]}: train loss {h['train_loss'][-1]:.4g}, "
+              f"train acc {h['train_acc'][-1]:.3f}, held-out acc {h['test_acc'][-1]:.3f}")
+        print(f"[{name}] run directory: {res.run_dir}")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from .measure import measure_run
+    from .tracking import Tracker
+
+    run_dir = Path(args.run)
+    cfg = load_config(args.config) if args.config else None
+    tracker = None if args.no_mlflow else Tracker(run_dir.parent, _experiment(run_dir, cfg))
+    res = measure_run(run_dir, cfg=cfg, tracker=tracker, epochs=args.epochs, progress=not args.quiet)
+    print(f"measured {len(res.epochs)} checkpoint(s) of {run_dir}: zarr store {res.store_path}")
+    return 0
+
+
+def _experiment(run_dir: Path, cfg) -> str:
+    if cfg is not None:
+        return cfg.name
+    from .store import RunStore
+
+    return RunStore.for_run(run_dir, mode="r").attrs()["config"]["name"]
+
+
+def cmd_demo(args) -> int:
+    from .measure import measure_run
+    from .tracking import Tracker
+    from .train import train
+
+    cfg = load_config(args.config)
+    tracker = Tracker(args.out, cfg.name)
+    for name in cfg.model_names():
+        res = train(cfg, name, args.out, tracker=tracker, progress=not args.quiet)
+        h = res.history
+        print(f"[{name}] final train hinge loss {h['train_loss'][-1]:.4g}, train acc {h['train_acc'][-1]:.3f}, "
+              f"held-out acc {h['test_acc'][-1]:.3f}")
+        m = measure_run(res.run_dir, cfg=cfg, tracker=tracker, progress=not args.quiet)
+        print(f"[{name}] zarr store:  {m.store_path}")
+        print(f"[{name}] MLflow runs: train {res.mlflow_run_id}, measure {m.mlflow_run_id}")
+    print(f"MLflow tracking URI: {tracker.uri}  (browse with `make mlflow-ui`)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from jobs.benchmark import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adaptsym", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train and measure the demo config (what `make demo` runs)")
+    d.add_argument("--config", default="configs/demo.yaml")
+    d.add_argument("--out", default="runs", help="root of the run directories and of mlflow.db")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train the models of a config (resumes an interrupted run)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", default="runs")
+    t.add_argument("--model", default=None, help="one model of the config (default: all)")
+    t.add_argument("--no-mlflow", action="store_true")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("measure", help="measure the observables at a run's checkpoints")
+    m.add_argument("--run", required=True, help="run directory written by `adaptsym train`")
+    m.add_argument("--config", default=None, help="config whose 'measure' section to use (default: the run's)")
+    m.add_argument("--epochs", type=int, nargs="*", default=None, help="checkpoints to measure (default: all)")
+    m.add_argument("--no-mlflow", action="store_true")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_measure)
+
+    b = sub.add_parser("bench", help="side-by-side speed ratios as JSON (jobs/benchmark.py)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"adaptsym: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

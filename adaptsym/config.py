@@ -1,0 +1,236 @@
+"""Run configuration: YAML files validated by pydantic models.
+
+Every section forbids unknown keys; `load_config` turns pydantic's errors into one message per
+problem that names the offending key and the keys or values that are allowed.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says what to change."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PoolOrWidth = Union[Annotated[int, Field(gt=0)], Literal["M"]]
+
+# The paper's network (SPEC section 1): 10 convs + 2 linear = 12 weight layers.
+VGG12_CONV: list = [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+VGG12_HIDDEN: list = [512]
+
+
+class ModelSpec(_Strict):
+    """A bias-free ReLU network. `mlp`: hidden widths; `cnn`: 3x3 convs ('M' = 2x2 max-pool)
+    then hidden linear widths; `vgg12`: the paper's VGG (conv/hidden are fixed)."""
+
+    kind: Literal["mlp", "cnn", "vgg12"]
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    conv: list[PoolOrWidth] = Field(default_factory=list)
+    width_multiplier: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "ModelSpec":
+        if self.kind == "mlp" and self.conv:
+            raise ValueError("an mlp has no 'conv' layers; use kind: cnn for convolutions")
+        if self.kind == "cnn" and not self.conv:
+            raise ValueError("a cnn needs a non-empty 'conv' list (widths and 'M' for max-pool)")
+        if self.kind == "vgg12" and (self.conv or self.hidden):
+            raise ValueError("vgg12 fixes its layers; set only 'width_multiplier'")
+        return self
+
+    def conv_widths(self) -> list:
+        conv = VGG12_CONV if self.kind == "vgg12" else self.conv
+        return [c if c == "M" else max(1, round(c * self.width_multiplier)) for c in conv]
+
+    def hidden_widths(self) -> list[int]:
+        hidden = VGG12_HIDDEN if self.kind == "vgg12" else self.hidden
+        return [max(1, round(h * self.width_multiplier)) for h in hidden]
+
+
+class TeacherSpec(_Strict):
+    """Synthetic data: Gaussian inputs labelled by the sign of a random bias-free teacher MLP."""
+
+    n_samples: int = Field(default=2048, gt=1)
+    input_dim: int = Field(default=32, gt=0)
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32])
+    seed: int = 1234
+
+
+class DataSpec(_Strict):
+    name: Literal["digits-binary", "cifar10-binary", "teacher"] = "digits-binary"
+    # cifar10-binary: directory that holds `cifar-10-batches-py/` (or that folder itself).
+    root: str | None = None
+    # Classes labelled +1 (the rest -1). digits: >=5; CIFAR-10: 5-9 (SPEC section 1).
+    positive_classes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9])
+    # Held-out fraction for data sets without an official split (digits, teacher).
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # Optional subsets (first n after the seeded shuffle); null = all.
+    n_train: int | None = Field(default=None, gt=0)
+    n_test: int | None = Field(default=None, gt=0)
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    # Epochs at which a checkpoint is kept (0 = at initialisation).
+    checkpoints: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0])
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "TrainSpec":
+        bad = [e for e in self.checkpoints if e > self.epochs]
+        if bad:
+            raise ValueError(f"checkpoint epochs {bad} exceed epochs={self.epochs}")
+        self.__dict__["checkpoints"] = sorted(set(self.checkpoints))
+        return self
+
+
+class DesignSpec(_Strict):
+    """Which Hessian entries to sample (SPEC section 4)."""
+
+    kind: Literal["block", "pairs"] = "block"
+    rows: int = Field(default=64, gt=0)  # |I| for block
+    cols: int = Field(default=32, gt=0)  # |J| for block
+    n_pairs: int = Field(default=1024, gt=0)  # K for pairs
+    # Stratify by layer: rows and columns are spread evenly over the weight layers.
+    stratify: bool = True
+
+
+class MeasureSpec(_Strict):
+    """Measurement of the observables at each checkpoint (SPEC sections 3 and 4)."""
+
+    pool_size: int = Field(default=512, gt=1)  # n pool examples from the training set
+    minibatch: int | None = Field(default=None, gt=0)  # s; null = training batch size
+    design: DesignSpec = Field(default_factory=DesignSpec)
+    replicates: int = Field(default=1000, gt=1)  # B bootstrap replicates
+    fdr_q: float = Field(default=0.05, gt=0, lt=1)
+    # Non-zero test: 'fdr' (Benjamini-Hochberg on n-based standard errors) or 'threshold'.
+    nonzero: Literal["fdr", "threshold"] = "fdr"
+    threshold: float = Field(default=0.1, gt=0)  # |value| threshold when nonzero=threshold
+    z_cut: float = Field(default=0.15, gt=0)  # Fig 7b: fraction of |mean/std| below this
+    tuples_per_entry: int = Field(default=64, gt=0)  # sampled triples/quadruples per entry
+    corr_block: int = Field(default=1024, gt=0)  # block edge of the streaming K x K work
+    submatrix: int = Field(default=100, gt=1)  # stored random correlation submatrix edge
+    mardia_sets: int = Field(default=8, ge=0)
+    mardia_dim: int = Field(default=8, gt=1)
+    uncertainty_resamples: int = Field(default=200, gt=1)
+    example_chunk: int = Field(default=256, gt=0)  # examples per per-example HVP chunk
+    column_chunk: int = Field(default=8, gt=0)  # columns per per-example HVP chunk
+    dtype: Literal["float32", "float64"] = "float64"
+    checkpoints: list[int] | None = None  # null = every checkpoint of the run
+
+
+class RunConfig(_Strict):
+    name: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataSpec = Field(default_factory=DataSpec)
+    models: dict[str, ModelSpec]
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        if not v:
+            raise ValueError("list at least one model under 'models'")
+        for name in v:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"model name {name!r}: use letters, digits, '-' and '_'")
+        return v
+
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _descend(annotation: Any, key: Any) -> Any:
+    """The annotation reached from `annotation` by one step `key` of an error location."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _descend(typing.get_args(annotation)[0], key)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            found = _descend(arg, key)
+            if found is not None:
+                return found
+        return None
+    if origin in (list, tuple) and isinstance(key, int):
+        return typing.get_args(annotation)[0]
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    cls = _model_class(annotation)
+    if cls is not None and isinstance(key, str) and key in cls.model_fields:
+        return cls.model_fields[key].annotation
+    return None
+
+
+def _format_error(err: dict) -> str:
+    loc = err["loc"]
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        ann: Any = RunConfig
+        for key in loc[:-1]:
+            ann = _descend(ann, key)
+        cls = _model_class(ann)
+        allowed = ", ".join(cls.model_fields) if cls else "?"
+        return f"{where}: unknown key {loc[-1]!r}; allowed keys here: {allowed}"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    msg = err["msg"]
+    if "input" in err and err["type"] not in ("value_error", "assertion_error"):
+        msg += f" (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    lines = [f"invalid {source}:"] + ["  - " + _format_error(e) for e in exc.errors()]
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; see configs/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(path))
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    return cfg.model_dump(mode="json")

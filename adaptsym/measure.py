@@ -1,0 +1,112 @@
+"""`adaptsym measure`: all observables at each checkpoint of a run, into zarr and MLflow.
+
+The measurement pool is the first `pool_size` examples of a seeded permutation of the
+training set, and the entry design is seeded too: both are the same at every checkpoint, so
+entries are followed through training. A checkpoint group is marked complete only after
+every array is written; a rerun skips complete groups (with the same measure config) and
+redoes unfinished ones from scratch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .config import RunConfig, parse_config
+from .data import load_dataset
+from .entries import make_design
+from .hessian_entries import measure_hessian_entries
+from .provenance import resolve_device
+from .store import RunStore, checkpoint_group
+
+
+@dataclass
+class MeasureResult:
+    store_path: Path
+    epochs: list[int]
+    mlflow_run_id: str | None = None
+    scalars: dict = field(default_factory=dict)  # epoch -> {metric: value}
+
+
+def available_epochs(run_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("epoch_*.pt"))
+
+
+def select_pool(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if size > len(x):
+        raise ValueError(f"measure.pool_size={size} exceeds the {len(x)} training examples; lower it")
+    perm = np.random.default_rng(np.random.SeedSequence([seed, 0xB00])).permutation(len(x))[:size]
+    idx = torch.as_tensor(np.sort(perm), device=x.device)
+    return x[idx], y[idx]
+
+
+def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None, epochs: list[int] | None = None,
+                progress: bool = True) -> MeasureResult:
+    run_dir = Path(run_dir)
+    store = RunStore.for_run(run_dir)
+    root = store.attrs()
+    if "config" not in root:
+        raise CheckpointError(f"{run_dir} has no results.zarr with a run config; train it first with `adaptsym train`")
+    cfg = cfg or parse_config(root["config"], source=f"{run_dir}/results.zarr config")
+    mcfg = cfg.measure
+    have = available_epochs(run_dir)
+    wanted = epochs if epochs is not None else (mcfg.checkpoints if mcfg.checkpoints is not None else have)
+    missing = sorted(set(wanted) - set(have))
+    if missing:
+        raise CheckpointError(f"no checkpoint for epoch(s) {missing} in {run_dir / 'checkpoints'}; "
+                              f"available: {have}")
+    device = resolve_device(cfg.device)
+    dtype = torch.float64 if mcfg.dtype == "float64" else torch.float32
+    data = load_dataset(cfg.data, cfg.seed).to(device, dtype)
+    x, y = select_pool(data.x_train, data.y_train, mcfg.pool_size, cfg.seed)
+    s = mcfg.minibatch or cfg.train.batch_size
+    mconf = mcfg.model_dump(mode="json")
+    result = MeasureResult(store.path, list(wanted))
+
+    model_name = root.get("model_name", run_dir.name)
+    ctx = tracker.run(f"measure-{run_dir.name}", params={"measure": mconf, "run_dir": str(run_dir)},
+                      tags={"kind": "measure", "model": model_name, "zarr_path": store.path.resolve()}) \
+        if tracker else None
+    mlrun = ctx.__enter__() if ctx else None
+    try:
+        result.mlflow_run_id = mlrun.info.run_id if mlrun else None
+        for epoch in tqdm(wanted, desc=f"measure {run_dir.name}", disable=not progress, unit="ckpt"):
+            group = checkpoint_group(epoch)
+            if store.is_complete(group) and store.attrs(group).get("measure_config") == mconf:
+                result.scalars[epoch] = store.attrs(group).get("scalars", {})
+                continue
+            t0 = time.perf_counter()
+            ckpt = load_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt", map_location="cpu")
+            model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
+            design = make_design(mcfg.design, model.index, cfg.seed)
+            observations = [measure_hessian_entries(model.plan, model.params(), x, y, design, mcfg, s,
+                                                    cfg.seed, epoch, progress=progress)]
+            store.reset_group(group)
+            metrics = {}
+            for obs in observations:
+                obs.write(store, group)
+                metrics.update(obs.metrics())
+            metrics["measure_seconds"] = time.perf_counter() - t0
+            store.set_attrs({"epoch": epoch, "measure_config": mconf, "scalars": metrics}, group=group)
+            store.mark_complete(group)
+            result.scalars[epoch] = metrics
+            if tracker:
+                with tracker.run(group, tags={"epoch": epoch, "zarr_group": f"{store.path}/{group}"}, nested=True):
+                    tracker.log_metrics(metrics, step=epoch)
+                tracker.log_metrics(metrics, step=epoch)
+        if tracker:
+            store.set_attrs({"measure_mlflow_run_id": result.mlflow_run_id})
+    except BaseException as exc:
+        if ctx:
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        if ctx:
+            ctx.__exit__(None, None, None)
+    return result

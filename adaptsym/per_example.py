@@ -1,0 +1,134 @@
+"""Per-example Hessian entries h[k, i, j] = d^2 l_k / d theta_{I_i} d theta_{J_j} (SPEC section 4).
+
+Fast path (`per_example_entries`): every example k gets its own perturbation u[k, r] of the
+weight entry of row r (`models.RowSelection`). The gradient of the *summed* loss in u is the
+per-example gradient at the rows, because u[k, .] touches only example k; its forward-mode
+derivative along the tangent e_q (a column) is the per-example Hessian column at the rows.
+One batched pass per (example chunk, column chunk) thus yields all |I| rows for all examples,
+so |J| columns over n examples cost about |J| pool HVPs (the per-layer gradient is the
+product of the layer input and the back-propagated signal; u picks out its entries).
+
+Reference path (`per_example_entries_vmap`): `vmap` over examples of a per-example HVP,
+reading the rows. Slower; tests compare the two and both against brute-force Hessians.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.func import grad, jvp, vmap
+from tqdm.auto import tqdm
+
+from .hvp import one_hot_tangents
+from .indexing import ParamIndex
+from .losses import hinge
+from .models import RowSelection, forward
+
+
+def _row_grad_fn(plan, sel: RowSelection):
+    """(weights, x, y) -> per-example gradient at the selected rows, shape (n, |I|)."""
+
+    def summed(u, weights, x, y):
+        return hinge(forward(plan, weights, x, rows=sel, u=u), y).sum()
+
+    g = grad(summed)
+
+    def fn(weights, x, y):
+        u0 = torch.zeros((x.shape[0], sel.n_rows), dtype=weights[0].dtype, device=weights[0].device)
+        return g(u0, weights, x, y)
+
+    return fn
+
+
+def per_example_gradients(plan, weights, x, y, rows: Sequence[int]) -> torch.Tensor:
+    """Per-example gradient entries dl_k/d theta_I, shape (n, |I|) in the caller's row order."""
+    weights = tuple(w.detach() for w in weights)
+    index = ParamIndex.from_weights(weights)
+    sel = RowSelection.build(rows, index, [tuple(w.shape) for w in weights], device=weights[0].device)
+    g = _row_grad_fn(plan, sel)(weights, x, y)
+    out = torch.empty_like(g)
+    out[:, torch.as_tensor(sel.order, device=g.device)] = g
+    return out
+
+
+def per_example_entries(plan, weights, x, y, rows: Sequence[int], cols: Sequence[int],
+                        example_chunk: int = 256, column_chunk: int = 8, progress: bool = False,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """h[k, i, j] for rows I and columns J over all examples: a (n, |I|, |J|) float64 array.
+
+    Memory is bounded by one (example_chunk x column_chunk) tile whatever n and N are.
+    """
+    weights = tuple(w.detach() for w in weights)
+    index = ParamIndex.from_weights(weights)
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    sel = RowSelection.build(rows, index, [tuple(w.shape) for w in weights], device=weights[0].device)
+    row_grad = _row_grad_fn(plan, sel)
+    n = len(x)
+    if out is None:
+        out = np.empty((n, len(rows), len(cols)), dtype=np.float64)
+    tiles = [(i, j) for i in range(0, n, example_chunk) for j in range(0, len(cols), column_chunk)]
+    for i, j in tqdm(tiles, desc="per-example entries", disable=not progress, unit="tile"):
+        out[i : i + example_chunk, :, j : j + column_chunk] = entries_tile(
+            row_grad, sel, index, weights, x[i : i + example_chunk], y[i : i + example_chunk],
+            cols[j : j + column_chunk])
+    return out
+
+
+def design_entries(plan, weights, x, y, design, example_chunk: int = 256, column_chunk: int = 8,
+                   progress: bool = False) -> np.ndarray:
+    """Per-example entries of an `EntryDesign`: an (n, K) float64 array, tile by tile.
+
+    Only the design's entries are kept from each (example chunk x column chunk) tile, so a
+    `pairs` design never materialises its |I| x |J| block.
+    """
+    weights = tuple(w.detach() for w in weights)
+    index = ParamIndex.from_weights(weights)
+    sel = RowSelection.build(design.rows, index, [tuple(w.shape) for w in weights], device=weights[0].device)
+    row_grad = _row_grad_fn(plan, sel)
+    n, K = len(x), design.n_entries
+    out = np.empty((n, K), dtype=np.float64)
+    col_groups = []
+    for j in range(0, len(design.cols), column_chunk):
+        ent = np.nonzero((design.col_pos >= j) & (design.col_pos < j + column_chunk))[0]
+        col_groups.append((j, ent))
+    tiles = [(i, j, ent) for i in range(0, n, example_chunk) for j, ent in col_groups]
+    for i, j, ent in tqdm(tiles, desc="per-example entries", disable=not progress, unit="tile", leave=False):
+        tile = entries_tile(row_grad, sel, index, weights, x[i : i + example_chunk], y[i : i + example_chunk],
+                            design.cols[j : j + column_chunk])
+        out[i : i + example_chunk, ent] = tile[:, design.row_pos[ent], design.col_pos[ent] - j]
+    return out
+
+
+def entries_tile(row_grad, sel: RowSelection, index: ParamIndex, weights, xb, yb, cols) -> np.ndarray:
+    """One tile: (len(xb), |I|, len(cols)) per-example entries, rows in the caller's order."""
+    tangents = one_hot_tangents(index, cols, weights)
+    one = lambda t: jvp(lambda w: row_grad(w, xb, yb), (weights,), (t,))[1]
+    hv = vmap(one)(tangents)  # (c, nb, |I| in selection order)
+    tile = np.empty((xb.shape[0], sel.n_rows, len(cols)), dtype=np.float64)
+    tile[:, sel.order, :] = hv.permute(1, 2, 0).detach().cpu().double().numpy()
+    return tile
+
+
+def per_example_entries_vmap(plan, weights, x, y, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+    """Reference: vmap over examples of per-example HVP columns, rows read out. (n, |I|, |J|)."""
+    weights = tuple(w.detach() for w in weights)
+    index = ParamIndex.from_weights(weights)
+    tangents = one_hot_tangents(index, cols, weights)
+    rows_t = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=weights[0].device)
+
+    def loss1(w, xk, yk):
+        return hinge(forward(plan, w, xk[None]), yk[None]).sum()
+
+    g1 = grad(loss1)
+
+    def example(xk, yk):
+        def col(t):
+            hv = jvp(lambda w: g1(w, xk, yk), (weights,), (t,))[1]
+            return torch.cat([h.reshape(-1) for h in hv])[rows_t]
+
+        return vmap(col)(tangents).T  # (|I|, |J|)
+
+    return vmap(example)(x, y).detach().cpu().double().numpy()

@@ -1,0 +1,72 @@
+"""MLflow tracking: one run per training or measurement job, nested runs per checkpoint.
+
+The default store is a sqlite file `mlflow.db` in the parent of the run directories, with
+artifacts beside it in `mlartifacts/`; `MLFLOW_TRACKING_URI` overrides both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def tracking_uri(runs_root: str | os.PathLike) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path(runs_root) / 'mlflow.db').resolve()}"
+
+
+def flatten_params(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_params(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class Tracker:
+    """Thin wrapper over MLflow's fluent API bound to one tracking URI and experiment."""
+
+    def __init__(self, runs_root: str | os.PathLike, experiment: str):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.runs_root = Path(runs_root)
+        self.uri = tracking_uri(runs_root)
+        mlflow.set_tracking_uri(self.uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            artifacts = None
+            if self.uri.startswith("sqlite:"):
+                artifacts = (self.runs_root / "mlartifacts").resolve().as_uri()
+            mlflow.create_experiment(experiment, artifact_location=artifacts)
+        mlflow.set_experiment(experiment)
+        self.experiment = experiment
+
+    @contextlib.contextmanager
+    def run(self, name: str, params: dict | None = None, tags: dict | None = None,
+            nested: bool = False, run_id: str | None = None):
+        with self.mlflow.start_run(run_name=None if run_id else name, nested=nested, run_id=run_id) as r:
+            if params and run_id is None:
+                self.mlflow.log_params(flatten_params(params))
+            if tags:
+                self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+            yield r
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(float(v))}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in tags.items()})

@@ -1,0 +1,160 @@
+"""Training: SGD on the hinge risk with a checkpoint schedule, resumable.
+
+Each epoch shuffles with a generator seeded by (seed, epoch), so a run resumed from `last.pt`
+continues exactly as the uninterrupted run would. After every epoch the history gets the
+train and held-out loss and accuracy, the plasticity order parameter ||grad R||^2 over the
+training set, and Omega = lr ||grad R||^2 (SPEC section 3, Fig 4b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from .config import RunConfig, config_to_dict
+from .data import Dataset, load_dataset
+from .losses import hinge
+from .models import BiasFreeNet
+from .provenance import provenance, resolve_device
+from .store import RunStore
+
+HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm2", "omega")
+LAST = "last.pt"
+
+
+def run_dir_for(out: str | Path, cfg: RunConfig, model_name: str) -> Path:
+    return Path(out) / f"{cfg.name}-{model_name}"
+
+
+@torch.no_grad()
+def evaluate(model: BiasFreeNet, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """Mean hinge loss and accuracy (sign of T) over a data set."""
+    loss, correct = 0.0, 0.0
+    for i in range(0, len(x), chunk):
+        out = model(x[i : i + chunk])
+        loss += hinge(out, y[i : i + chunk]).sum().item()
+        correct += (torch.where(out >= 0, 1.0, -1.0) == y[i : i + chunk]).sum().item()
+    return loss / len(x), correct / len(x)
+
+
+def full_gradient(model: BiasFreeNet, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> list[torch.Tensor]:
+    """Gradient of the risk R = mean_k l_k over (x, y), accumulated in chunks."""
+    grads = [torch.zeros_like(w) for w in model.weights]
+    for i in range(0, len(x), chunk):
+        loss = hinge(model(x[i : i + chunk]), y[i : i + chunk]).sum() / len(x)
+        for g, gi in zip(grads, torch.autograd.grad(loss, list(model.weights))):
+            g += gi
+    return grads
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoints: list[Path]
+    history: dict = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+
+
+def _epoch_metrics(model, data: Dataset, lr: float) -> dict:
+    tl, ta = evaluate(model, data.x_train, data.y_train)
+    vl, va = evaluate(model, data.x_test, data.y_test)
+    g2 = float(sum((g.double() ** 2).sum() for g in full_gradient(model, data.x_train, data.y_train)))
+    return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va, "grad_norm2": g2, "omega": lr * g2}
+
+
+def _write_history(store: RunStore, history: dict) -> None:
+    epochs = np.asarray(history["epoch"], dtype=np.int64)
+    store.write("training", "epoch", epochs, ["epoch"])
+    for k in HISTORY_KEYS:
+        store.write("training", k, np.asarray(history[k], dtype=np.float64), ["epoch"])
+    store.set_attrs({"complete": True, "last_epoch": int(epochs[-1])}, group="training")
+
+
+def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progress: bool = True) -> TrainResult:
+    """Train `cfg.models[model_name]`, resuming from `last.pt` if the run was interrupted."""
+    if model_name not in cfg.models:
+        raise KeyError(f"model {model_name!r} is not in the config; choose one of {cfg.model_names()}")
+    spec, tcfg = cfg.models[model_name], cfg.train
+    run_dir = run_dir_for(out, cfg, model_name)
+    ckpt_dir = run_dir / "checkpoints"
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.data, cfg.seed).to(device)
+
+    torch.manual_seed(cfg.seed)
+    model = BiasFreeNet(spec, data.input_shape, seed=cfg.seed).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
+    cfg_dict = config_to_dict(cfg)
+    history: dict = {"epoch": [], **{k: [] for k in HISTORY_KEYS}}
+    start_epoch, mlflow_run_id = 0, None
+
+    if (ckpt_dir / LAST).exists():
+        last = load_checkpoint(ckpt_dir / LAST, map_location=device)
+        if last["model_spec"] != spec.model_dump(mode="json") or last["data_spec"] != cfg.data.model_dump(mode="json"):
+            raise RuntimeError(f"{run_dir} holds a run of a different model or data config; "
+                               "use another --out or delete that run directory")
+        with torch.no_grad():
+            for p, w in zip(model.weights, last["weights"]):
+                p.copy_(w)
+        opt.load_state_dict(last["optimizer"])
+        history = {k: list(v) for k, v in last["history"].items()}
+        start_epoch = int(last["epoch"]) + 1
+        mlflow_run_id = last.get("mlflow_run_id")
+
+    store = RunStore.for_run(run_dir)
+    store.set_attrs({"config": cfg_dict, "model_name": model_name, "model_spec": spec.model_dump(mode="json"),
+                     "n_params": model.n_params, "n_layers": model.n_layers, "layer_shapes": model.shapes,
+                     "input_shape": list(data.input_shape), "seeds": {"seed": cfg.seed}, **provenance()})
+
+    def payload(epoch: int) -> dict:
+        return {"model_spec": spec.model_dump(mode="json"), "input_shape": list(data.input_shape),
+                "data_spec": cfg.data.model_dump(mode="json"), "epoch": epoch,
+                "weights": [w.detach().cpu().clone() for w in model.weights],
+                "optimizer": opt.state_dict(), "seeds": {"seed": cfg.seed}, "config": cfg_dict,
+                "history": history, "mlflow_run_id": mlflow_run_id}
+
+    saved: list[Path] = sorted(ckpt_dir.glob("epoch_*.pt"))
+    ctx = tracker.run(f"train-{cfg.name}-{model_name}", params=cfg_dict,
+                      tags={"kind": "train", "model": model_name, "zarr_path": store.path.resolve()},
+                      run_id=mlflow_run_id) if tracker else _null()
+    with ctx as mlrun:
+        if mlrun is not None:
+            mlflow_run_id = mlrun.info.run_id
+        n = len(data.x_train)
+        bar = tqdm(range(start_epoch, tcfg.epochs + 1), desc=f"train {model_name}", disable=not progress,
+                   initial=start_epoch, total=tcfg.epochs + 1, unit="epoch")
+        for epoch in bar:
+            if epoch > 0:  # epoch 0 is the initialisation
+                gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+                perm = torch.randperm(n, generator=gen).to(device)
+                for i in range(0, n, tcfg.batch_size):
+                    idx = perm[i : i + tcfg.batch_size]
+                    opt.zero_grad(set_to_none=True)
+                    hinge(model(data.x_train[idx]), data.y_train[idx]).mean().backward()
+                    opt.step()
+            metrics = _epoch_metrics(model, data, tcfg.lr)
+            history["epoch"].append(epoch)
+            for k in HISTORY_KEYS:
+                history[k].append(metrics[k])
+            if tracker:
+                tracker.log_metrics(metrics, step=epoch)
+            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_acc']:.3f}")
+            if epoch in tcfg.checkpoints:
+                saved.append(save_checkpoint(ckpt_dir / checkpoint_name(epoch), payload(epoch)))
+            save_checkpoint(ckpt_dir / LAST, payload(epoch))
+            _write_history(store, history)
+        bar.close()
+    store.set_attrs({"train_mlflow_run_id": mlflow_run_id})
+    return TrainResult(run_dir, sorted(set(saved)), history, mlflow_run_id)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
