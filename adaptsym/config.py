@@ -59,7 +59,7 @@ class ModelSpec(_Strict):
 
 
 class TeacherSpec(_Strict):
-    """Synthetic data: Gaussian inputs labelled by the sign of a random bias-free teacher MLP."""
+    """Synthetic data: Gaussian inputs labelled by a random bias-free teacher MLP (thresholded at its median)."""
 
     n_samples: int = Field(default=2048, gt=1)
     input_dim: int = Field(default=32, gt=0)
@@ -198,7 +198,8 @@ def _format_error(err: dict) -> str:
             ann = _descend(ann, key)
         cls = _model_class(ann)
         allowed = ", ".join(cls.model_fields) if cls else "?"
-        return f"{where}: unknown key {loc[-1]!r}; allowed keys here: {allowed}"
+        parent = ".".join(str(p) for p in loc[:-1]) or "(top level)"
+        return f"{parent}: unknown key {loc[-1]!r}; allowed keys here: {allowed}"
     if err["type"] == "missing":
         return f"{where}: required key is missing"
     msg = err["msg"]

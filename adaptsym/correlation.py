@@ -1,10 +1,13 @@
 """Correlations between Hessian entries, blockwise and streaming (SPEC section 4, Figs 6b/6c, 7c).
 
-rho_ab is the correlation of H_a(S) and H_b(S) over the bootstrap replicates. The K x K
-matrix is never held: columns are standardised once, and (block x block) tiles
-Z_i^T Z_j / B are computed, tested and dropped. The non-zero test is Fisher's z with n - 3
-(n pool examples, never B), and Benjamini-Hochberg over all K (K-1) / 2 pairs uses
-`StreamingBH` (two passes over the tiles). The coupling count C_a = #{b != a: rho_ab != 0}.
+rho_ab is the correlation of H_a(S) and H_b(S). Over S it equals exactly the correlation of
+h[:, a] and h[:, b] over the pool (covariances all scale as 1/s), which is the B -> infinity
+limit of the bootstrap estimate; the tests are made on it, since the bootstrap's Monte Carlo
+noise (~1/sqrt(B)) would inflate Fisher's z. The K x K matrix is never held: columns are
+standardised once, and (block x block) tiles Z_i^T Z_j / rows are computed, tested and
+dropped. The non-zero test is Fisher's z with n - 3 (n pool examples, never B), and
+Benjamini-Hochberg over all K (K-1) / 2 pairs uses `StreamingBH` (two passes over the
+tiles). The coupling count C_a = #{b != a: rho_ab != 0}.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class CorrelationResult:
 
 def coupling_counts(Z: np.ndarray, n_pool: int, method: str = "fdr", q: float = 0.05,
                     threshold: float = 0.1, block: int = 1024) -> CorrelationResult:
-    """Per-entry counts of non-zero correlations, streaming over tiles of Z (B, K)."""
+    """Per-entry counts of non-zero correlations, streaming over tiles of standardised Z (rows, K)."""
     K = Z.shape[1]
     counts = np.zeros(K, dtype=np.int64)
     abs_sum, m = 0.0, 0

@@ -3,7 +3,8 @@
 - `digits-binary`: scikit-learn's bundled 8x8 digits (1797 images), needs no network.
 - `cifar10-binary`: a local copy in the official `cifar-10-batches-py` pickle format, read
   by torchvision when it imports, else by `read_cifar10_batches` below. Never downloaded.
-- `teacher`: Gaussian inputs labelled by the sign of a random bias-free teacher MLP.
+- `teacher`: Gaussian inputs labelled by a random bias-free teacher MLP: +1 where its output
+  is at least its median over the sample (balanced classes), else -1.
 
 Splits are deterministic functions of the seed; inputs are normalised per channel with the
 training split's mean and standard deviation.
@@ -172,7 +173,9 @@ def load_teacher(spec: DataSpec, seed: int) -> Dataset:
     x = torch.randn(t.n_samples, t.input_dim, generator=gen, dtype=torch.float64)
     teacher = BiasFreeNet(ModelSpec(kind="mlp", hidden=t.hidden), (t.input_dim,), seed=t.seed, dtype=torch.float64)
     with torch.no_grad():
-        y = torch.where(teacher(x) >= 0, 1.0, -1.0).numpy().astype(np.float32)
+        t_out = teacher(x)
+    # a bias-free ReLU teacher can be one-signed everywhere: threshold at its median output
+    y = torch.where(t_out >= t_out.median(), 1.0, -1.0).numpy().astype(np.float32)
     x = x.numpy()
     tr, te = _split(len(x), spec.test_fraction, seed)
     return _finish("teacher", spec, x[tr], y[tr], x[te], y[te])

@@ -108,17 +108,20 @@ def analyse(h: np.ndarray, design: EntryDesign, mcfg: MeasureSpec, s: int, n_par
     obs.add("replicates_entry", vidx[show], ["shown"])
     obs.add("replicates", X[:, show], ["replicate", "shown"])
 
-    # correlations (streaming) and the coupling counts
-    Z = standardise(X)
-    corr = coupling_counts(Z, n, mcfg.nonzero, mcfg.fdr_q, mcfg.threshold, mcfg.corr_block)
-    sub, sub_idx = submatrix(Z, mcfg.submatrix, rng)
+    # correlations: decided on the exact correlation over S (the pool's, the B -> infinity limit
+    # of the bootstrap; the bootstrap's Monte Carlo noise would inflate Fisher's z), streaming
+    Zh = standardise(hv)
+    corr = coupling_counts(Zh, n, mcfg.nonzero, mcfg.fdr_q, mcfg.threshold, mcfg.corr_block)
+    sub, sub_idx = submatrix(standardise(X), mcfg.submatrix, rng)  # Figs 6b/6c: bootstrap estimate
+    exact_sub = Zh[:, sub_idx].T @ Zh[:, sub_idx] / n
     obs.add("corr_submatrix", sub, ["sub_a", "sub_b"])
+    obs.add("corr_submatrix_exact", exact_sub, ["sub_a", "sub_b"])
     obs.add("corr_submatrix_entry", vidx[sub_idx], ["sub_a"])
     cfull = np.zeros(K, dtype=np.int64)
     cfull[vidx] = corr.counts
     obs.add("corr_count", cfull, ["entry"])
     sc.update(corr_n_tests=corr.n_tests, corr_n_nonzero=corr.n_nonzero, corr_threshold=corr.threshold,
-              corr_mean_abs=corr.mean_abs)
+              corr_mean_abs=corr.mean_abs, corr_bootstrap_max_dev=float(np.abs(sub - exact_sub).max()))
     summaries = {"corr": coupling_summary(corr.counts, vidx.size - 1, n_params, 2, rng, mcfg.uncertainty_resamples)}
 
     # co-skewness and co-kurtosis on sampled tuples

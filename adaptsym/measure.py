@@ -3,12 +3,13 @@
 The measurement pool is the first `pool_size` examples of a seeded permutation of the
 training set, and the entry design is seeded too: both are the same at every checkpoint, so
 entries are followed through training. A checkpoint group is marked complete only after
-every array is written; a rerun skips complete groups (with the same measure config) and
-redoes unfinished ones from scratch.
+every array is written; a rerun skips complete groups (same measure config and same
+checkpoint file, by SHA-256) and redoes unfinished or stale ones from scratch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,14 @@ class MeasureResult:
     epochs: list[int]
     mlflow_run_id: str | None = None
     scalars: dict = field(default_factory=dict)  # epoch -> {metric: value}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def available_epochs(run_dir: Path) -> list[int]:
@@ -78,11 +87,16 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
         result.mlflow_run_id = mlrun.info.run_id if mlrun else None
         for epoch in tqdm(wanted, desc=f"measure {run_dir.name}", disable=not progress, unit="ckpt"):
             group = checkpoint_group(epoch)
-            if store.is_complete(group) and store.attrs(group).get("measure_config") == mconf:
-                result.scalars[epoch] = store.attrs(group).get("scalars", {})
-                continue
+            ckpt_path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
+            digest = file_sha256(ckpt_path)
+            if store.is_complete(group):
+                done = store.attrs(group)
+                if done.get("measure_config") == mconf and done.get("checkpoint_sha256") == digest:
+                    result.scalars[epoch] = done.get("scalars", {})
+                    continue
+                store.mark_complete(group, False)  # stale: flagged before any recomputation
             t0 = time.perf_counter()
-            ckpt = load_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt", map_location="cpu")
+            ckpt = load_checkpoint(ckpt_path, map_location="cpu")
             model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
             design = make_design(mcfg.design, model.index, cfg.seed)
             observations = [measure_hessian_entries(model.plan, model.params(), x, y, design, mcfg, s,
@@ -93,7 +107,8 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
                 obs.write(store, group)
                 metrics.update(obs.metrics())
             metrics["measure_seconds"] = time.perf_counter() - t0
-            store.set_attrs({"epoch": epoch, "measure_config": mconf, "scalars": metrics}, group=group)
+            store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest,
+                            "scalars": metrics}, group=group)
             store.mark_complete(group)
             result.scalars[epoch] = metrics
             if tracker:

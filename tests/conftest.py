@@ -1,0 +1,38 @@
+import os
+
+# Ray keeps token authentication on everywhere, tests included.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import numpy as np
+import pytest
+import torch
+
+from adaptsym.config import ModelSpec
+from adaptsym.models import BiasFreeNet
+
+torch.set_num_threads(2)
+
+
+def small_models():
+    """(name, model, input_shape) of small float64 nets: an MLP and a CNN with max-pool."""
+    return [
+        ("mlp", BiasFreeNet(ModelSpec(kind="mlp", hidden=[5, 4]), (6,), seed=3, dtype=torch.float64), (6,)),
+        ("cnn", BiasFreeNet(ModelSpec(kind="cnn", conv=[4, "M", 5], hidden=[4]), (2, 4, 4), seed=1,
+                            dtype=torch.float64), (2, 4, 4)),
+    ]
+
+
+def pool_for(shape, n=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n,) + tuple(shape), generator=g, dtype=torch.float64)
+    y = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+    return x, y
+
+
+@pytest.fixture(params=[0, 1], ids=["mlp", "cnn"])
+def small(request):
+    name, model, shape = small_models()[request.param]
+    x, y = pool_for(shape)
+    return model, x, y

@@ -1,0 +1,126 @@
+"""`adaptsym measure` end to end on a real tiny run: zarr, MLflow, restarts and bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from adaptsym.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from adaptsym.cli import main
+from adaptsym.config import parse_config
+from adaptsym.entries import DesignError
+from adaptsym.hessian_entries import NonFiniteEntryError
+from adaptsym.measure import measure_run
+from adaptsym.store import RunStore
+from adaptsym.tracking import Tracker
+from adaptsym.train import train
+
+from .test_train_checkpoint import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config()
+    res = train(cfg, "mlp", root, progress=False)
+    return cfg, res.run_dir
+
+
+def test_measure_writes_zarr_and_mlflow(trained, tmp_path):
+    import mlflow
+
+    cfg, run_dir = trained
+    tracker = Tracker(run_dir.parent, cfg.name)
+    res = measure_run(run_dir, cfg=cfg, tracker=tracker, progress=False)
+    assert res.epochs == [0, 1, 3]
+    store = RunStore.for_run(run_dir, mode="r")
+    for epoch in res.epochs:
+        g = f"epoch_{epoch:04d}"
+        assert store.is_complete(g)
+        ds = store.open_xarray(f"{g}/hessian_entries")
+        K = 12 * 6
+        assert ds["h"].dims == ("example", "entry") and ds["h"].shape == (64, K)
+        assert ds["corr_submatrix"].dims == ("sub_a", "sub_b")
+        sc = store.attrs(g)["scalars"]
+        for key in ("hessian_entries.z_fraction", "hessian_entries.z_fraction_std", "hessian_entries.corr.exponent",
+                    "hessian_entries.coskew.exponent", "hessian_entries.cokurt.exponent",
+                    "hessian_entries.corr.exponent_std"):
+            assert np.isfinite(sc[key]), key
+        h = ds["h"].values
+        # the stored mean equals the bootstrap of the stored h to Monte Carlo precision
+        valid = ds["valid"].values
+        assert np.all(h[:, ds["structural_zero"].values] == 0)
+        np.testing.assert_allclose(ds["pred_mean"].values[valid], h[:, valid].mean(0))
+    mlflow.set_tracking_uri(tracker.uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.name], output_format="list")
+    measure = [r for r in runs if r.data.tags.get("kind") == "measure"]
+    assert len(measure) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == measure[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["epoch_0000", "epoch_0001", "epoch_0003"]
+    assert "hessian_entries.z_fraction" in children[0].data.metrics
+
+
+def test_rerun_skips_complete_and_redoes_unfinished(trained):
+    cfg, run_dir = trained
+    measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    store = RunStore.for_run(run_dir)
+    before = store.read("epoch_0001/hessian_entries", "h")
+    store.mark_complete("epoch_0001", False)  # as if the process died before the mark
+    store.write("epoch_0001/hessian_entries", "h", np.zeros_like(before), ["example", "entry"])
+    measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    assert store.is_complete("epoch_0001")
+    np.testing.assert_array_equal(store.read("epoch_0001/hessian_entries", "h"), before)
+
+
+def test_unknown_checkpoint_is_named(trained):
+    cfg, run_dir = trained
+    with pytest.raises(CheckpointError, match=r"epoch\(s\) \[7\].*available: \[0, 1, 3\]"):
+        measure_run(run_dir, cfg=cfg, epochs=[7], progress=False)
+
+
+def test_design_larger_than_network(trained):
+    cfg, run_dir = trained
+    bad = cfg.model_copy(deep=True)
+    bad.measure.design.rows = 10_000
+    with pytest.raises(DesignError, match="only 224 parameters"):
+        measure_run(run_dir, cfg=bad, epochs=[0], progress=False)
+
+
+def test_pool_smaller_than_minibatch(trained):
+    cfg, run_dir = trained
+    bad = cfg.model_copy(deep=True)
+    bad.measure.minibatch = 500
+    with pytest.raises(ValueError, match="exceeds"):
+        measure_run(run_dir, cfg=bad, epochs=[0], progress=False)
+
+
+def test_non_finite_entry_is_named_and_nothing_is_marked_complete(trained, tmp_path):
+    cfg, run_dir = trained
+    ck = load_checkpoint(run_dir / "checkpoints" / "epoch_0003.pt")
+    ck["weights"][2] = ck["weights"][2].clone()
+    ck["weights"][2][0, 0] = float("inf")
+    import shutil
+
+    broken = tmp_path / run_dir.name
+    shutil.copytree(run_dir, broken)
+    save_checkpoint(broken / "checkpoints" / "epoch_0003.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+    with pytest.raises(NonFiniteEntryError, match=r"checkpoint epoch 3: Hessian entry \d+ \(p="):
+        measure_run(broken, cfg=cfg, epochs=[3], progress=False)
+    store = RunStore.for_run(broken, mode="r")
+    assert not store.is_complete("epoch_0003")
+
+
+def test_cli_train_and_measure(tmp_path, capsys):
+    import yaml
+
+    cfg = tiny_config(epochs=1, checkpoints=(1,), name="cli")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    assert main(["measure", "--run", str(tmp_path / "runs" / "cli-mlp"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "results.zarr" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {m: {kind: mlp}}\ntrain: {epochz: 3}\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "train: unknown key 'epochz'" in err and "epochs" in err
