@@ -43,8 +43,10 @@ def z_fraction_uncertainty(h: np.ndarray, s: int, cut: float, n_resamples: int,
         sd = hb.std(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.sqrt(s) * hb.mean(axis=0) / sd
-        fr[r] = np.mean(np.abs(z[sd > 0]) < cut)
-    return float(fr.std(ddof=1))
+        # a resample can miss every active example (late training): no entry varies, skip it
+        fr[r] = np.mean(np.abs(z[sd > 0]) < cut) if np.any(sd > 0) else np.nan
+    fr = fr[np.isfinite(fr)]
+    return float(fr.std(ddof=1)) if fr.size > 1 else float("nan")
 
 
 def scaling_check(X: np.ndarray, h: np.ndarray, s: int, groups: int = 20) -> dict:

@@ -40,7 +40,13 @@ class Tracker:
         self.mlflow = mlflow
         self.runs_root = Path(runs_root)
         self.uri = tracking_uri(runs_root)
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
+        # mlflow writes the URI into os.environ; undo that so only the user's setting overrides
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             artifacts = None

@@ -1,0 +1,168 @@
+"""Side-by-side speed ratios of the Hessian engine, printed as one JSON object.
+
+    python -m jobs.benchmark [--config configs/demo.yaml] [--models mlp cnn] [--vgg12]
+
+Every ratio compares two timings taken in the same process, interleaved, as the minimum
+over repeats after a warm-up. Absolute times are printed too but mean little on a CPU.
+
+- hvp_over_grad: one pool HVP (forward-over-reverse) / one pool gradient.
+- hvp_fwd_over_rev_vs_double_backward: forward-over-reverse HVP / double-backward HVP.
+- per_example_entries_over_hvp: per-example entries h of |J| columns over n examples /
+  |J| pool HVPs on the same n examples (the limit to aim at is about 1).
+- bootstrap_reweight_speedup: B replicates recomputed directly / the reweighting path
+  (per-example entries + one matrix product) at B=1000, s=64, n=1024. Ideal: B s / n
+  divided by per_example_entries_over_hvp.
+- measure_peak_rss_mb: peak resident memory of `measure` on the demo config (one checkpoint,
+  in a child process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timer(fn, repeats: int):
+    fn()  # warm-up
+    best = np.inf
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def side_by_side(fns: dict, repeats: int = 5) -> dict:
+    """Minimum time of each function, measured interleaved."""
+    for f in fns.values():
+        f()
+    best = {k: np.inf for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            best[k] = min(best[k], _timer(f, 1))
+    return best
+
+
+def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, column_chunk: int,
+                boot_cols: int, B: int, s: int, repeats: int) -> dict:
+    from adaptsym.bootstrap import multinomial_counts, replicates, replicates_direct
+    from adaptsym.entries import block_design
+    from adaptsym.hvp import PoolHessian, one_hot_tangents
+    from adaptsym.per_example import design_entries
+
+    rng = np.random.default_rng(0)
+    op = PoolHessian(model.plan, model.params(), x, y)
+    dbl = PoolHessian(model.plan, model.params(), x, y, method="double-backward")
+    v = tuple(torch.randn_like(w) for w in model.params())
+    design = block_design(model.index, n_rows, n_cols, rng)
+    cols = one_hot_tangents(model.index, design.cols, model.params())
+    singles = [tuple(t[j] for t in cols) for j in range(n_cols)]
+    t = side_by_side({
+        "grad": lambda: op.gradient(),
+        "hvp": lambda: op.hvp(v),
+        "hvp_double_backward": lambda: dbl.hvp(v),
+        "J_hvps": lambda: [op.hvp(c) for c in singles],
+        "per_example": lambda: design_entries(model.plan, model.params(), x, y, design, example_chunk, column_chunk),
+    }, repeats)
+    # bootstrap: reweighting vs direct recomputation, on a smaller design (direct is slow)
+    bdesign = block_design(model.index, n_rows, boot_cols, rng)
+    counts = multinomial_counts(len(x), s, B, rng)
+    tb = side_by_side({
+        "reweight": lambda: replicates(design_entries(model.plan, model.params(), x, y, bdesign, example_chunk,
+                                                      column_chunk), counts, s),
+        "direct": lambda: replicates_direct(model.plan, model.params(), x, y, bdesign.rows, bdesign.cols,
+                                            bdesign.row_pos, bdesign.col_pos, counts),
+    }, repeats=1)
+    per_ex = t["per_example"] / t["J_hvps"]
+    return {
+        "n_params": model.n_params, "n_pool": len(x), "cols": n_cols, "rows": n_rows,
+        "hvp_over_grad": t["hvp"] / t["grad"],
+        "hvp_fwd_over_rev_vs_double_backward": t["hvp"] / t["hvp_double_backward"],
+        "per_example_entries_over_hvp": per_ex,
+        "bootstrap_reweight_speedup": tb["direct"] / tb["reweight"],
+        "bootstrap_reweight_ideal": B * s / len(x) / per_ex,
+        "seconds": {k: float(v) for k, v in {**t, **tb}.items()},
+    }
+
+
+def measure_peak_rss_mb(config: Path) -> float:
+    """Peak RSS of `adaptsym measure` on one (initial) checkpoint of `config`, in a child process."""
+    from adaptsym.config import load_config
+
+    cfg = load_config(config)
+    name = cfg.model_names()[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        code = (
+            "import sys; from adaptsym.config import load_config; from adaptsym.train import train; "
+            "from adaptsym.measure import measure_run; "
+            f"cfg = load_config({str(config)!r}); cfg.train.epochs = 0; cfg.train.checkpoints = [0]; "
+            f"r = train(cfg, {name!r}, {tmp!r}, progress=False); measure_run(r.run_dir, cfg=cfg, progress=False)"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jobs.benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"))
+    p.add_argument("--models", nargs="*", default=None)
+    p.add_argument("--n", type=int, default=1024, help="pool examples")
+    p.add_argument("--cols", type=int, default=8)
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--boot-cols", type=int, default=2)
+    p.add_argument("--replicates", type=int, default=1000)
+    p.add_argument("--s", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--vgg12", action="store_true", help="also vgg12 at full width on random CIFAR-shaped data")
+    p.add_argument("--skip-memory", action="store_true")
+    args = p.parse_args(argv)
+
+    from adaptsym.config import ModelSpec, load_config
+    from adaptsym.data import load_dataset
+    from adaptsym.models import BiasFreeNet
+    from adaptsym.provenance import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    device = resolve_device(cfg.device)
+    mcfg = cfg.measure
+    data = load_dataset(cfg.data, cfg.seed)
+    x = data.x_train[: args.n].to(device, torch.float64 if mcfg.dtype == "float64" else torch.float32)
+    y = data.y_train[: args.n].to(x)
+    out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "B": args.replicates, "s": args.s, "models": {}}
+    for name in args.models or cfg.model_names():
+        model = BiasFreeNet(cfg.models[name], data.input_shape, seed=cfg.seed, dtype=x.dtype).to(device)
+        out["models"][name] = bench_model(model, x, y, args.cols, args.rows, mcfg.example_chunk, mcfg.column_chunk,
+                                          args.boot_cols, args.replicates, args.s, args.repeats)
+    if args.vgg12:
+        model = BiasFreeNet(ModelSpec(kind="vgg12"), (3, 32, 32), seed=0).to(device)
+        gx = torch.randn(256, 3, 32, 32, device=device)
+        gy = torch.where(torch.rand(256, device=device) < 0.5, -1.0, 1.0)
+        out["models"]["vgg12"] = bench_model(model, gx, gy, 4, 256, 128, 2, 1, 100, 32, 3)
+    if not args.skip_memory:
+        out["measure_peak_rss_mb"] = measure_peak_rss_mb(Path(args.config))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

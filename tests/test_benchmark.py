@@ -1,0 +1,16 @@
+"""The benchmark job runs and reports every ratio (no timing is asserted: speed lives in benchmarks)."""
+
+import json
+
+from jobs.benchmark import main
+
+
+def test_benchmark_prints_all_ratios(capsys):
+    assert main(["--models", "mlp", "--n", "64", "--cols", "2", "--rows", "8", "--replicates", "4",
+                 "--s", "8", "--repeats", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    r = out["models"]["mlp"]
+    for key in ("hvp_over_grad", "hvp_fwd_over_rev_vs_double_backward", "per_example_entries_over_hvp",
+                "bootstrap_reweight_speedup"):
+        assert r[key] > 0
+    assert 0 < out["measure_peak_rss_mb"] < 4096
