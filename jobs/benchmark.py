@@ -111,7 +111,7 @@ def measure_peak_rss_mb(config: Path) -> float:
         code = (
             "import sys; from adaptsym.config import load_config; from adaptsym.train import train; "
             "from adaptsym.measure import measure_run; "
-            f"cfg = load_config({str(config)!r}); cfg.train.epochs = 0; cfg.train.checkpoints = [0]; "
+            f"cfg = load_config({str(config)!r}); cfg.train.checkpoints = [0]; cfg.train.epochs = 0; "
             f"r = train(cfg, {name!r}, {tmp!r}, progress=False); measure_run(r.run_dir, cfg=cfg, progress=False)"
         )
         subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
