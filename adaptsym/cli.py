@@ -1,4 +1,4 @@
-"""Command line: `adaptsym {demo,train,measure,bench}` (also `python -m adaptsym`)."""
+"""Command line: `adaptsym {demo,train,measure,report,bench}` (also `python -m adaptsym`)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,30 @@ def cmd_demo(args) -> int:
         m = measure_run(res.run_dir, cfg=cfg, tracker=tracker, progress=not args.quiet)
         print(f"[{name}] zarr store:  {m.store_path}")
         print(f"[{name}] MLflow runs: train {res.mlflow_run_id}, measure {m.mlflow_run_id}")
+        print(f"[{name}] report:      {_report(res.run_dir, tracker)}")
     print(f"MLflow tracking URI: {tracker.uri}  (browse with `make mlflow-ui`)")
+    return 0
+
+
+def _report(run_dir: Path, tracker=None) -> Path:
+    from .report import render_report
+    from .store import RunStore
+
+    rep = render_report(run_dir)
+    run_id = RunStore.for_run(run_dir, mode="r").attrs().get("measure_mlflow_run_id")
+    if tracker is not None and run_id:
+        with tracker.run("report", run_id=run_id):
+            for path in [*rep.figures.values(), rep.html]:
+                tracker.log_artifact(path, artifact_path="report")
+    return rep.html
+
+
+def cmd_report(args) -> int:
+    from .tracking import Tracker
+
+    run_dir = Path(args.run)
+    tracker = None if args.no_mlflow else Tracker(run_dir.parent, _experiment(run_dir, None))
+    print(f"report: {_report(run_dir, tracker)}")
     return 0
 
 
@@ -104,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-mlflow", action="store_true")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_measure)
+
+    r = sub.add_parser("report", help="figures (PNG) and an HTML report from a run's zarr store")
+    r.add_argument("run", help="run directory")
+    r.add_argument("--no-mlflow", action="store_true", help="do not log the report as MLflow artifacts")
+    r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="side-by-side speed ratios as JSON (jobs/benchmark.py)")
     b.add_argument("rest", nargs=argparse.REMAINDER)

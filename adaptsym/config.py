@@ -110,9 +110,33 @@ class DesignSpec(_Strict):
     stratify: bool = True
 
 
+class SpectrumSpec(_Strict):
+    """Stochastic Lanczos quadrature of the pool Hessian (Fig 8a)."""
+
+    starts: int = Field(default=4, gt=0)  # Rademacher start vectors
+    steps: int = Field(default=64, gt=1)  # Lanczos steps per start
+    grid: int = Field(default=401, gt=10)  # points of the smoothed density
+    sigma_rel: float = Field(default=0.01, gt=0)  # Gaussian width / spectral range
+
+
+class CircuitSpec(_Strict):
+    """Basis-circuit samples (Fig 3b)."""
+
+    examples: int = Field(default=16, gt=0)  # pool examples to sample paths on
+    paths: int = Field(default=256, gt=0)  # paths per example and mode
+
+
+OBSERVABLES = ("hessian_entries", "spectrum", "weights", "gradients", "circuits")
+
+
 class MeasureSpec(_Strict):
     """Measurement of the observables at each checkpoint (SPEC sections 3 and 4)."""
 
+    observables: list[Literal["hessian_entries", "spectrum", "weights", "gradients", "circuits"]] = Field(
+        default_factory=lambda: list(OBSERVABLES))
+    spectrum: SpectrumSpec = Field(default_factory=SpectrumSpec)
+    circuits: CircuitSpec = Field(default_factory=CircuitSpec)
+    histogram_bins: int = Field(default=128, gt=1)  # weight histograms (fixed per-layer bins)
     pool_size: int = Field(default=512, gt=1)  # n pool examples from the training set
     minibatch: int | None = Field(default=None, gt=0)  # s; null = training batch size
     design: DesignSpec = Field(default_factory=DesignSpec)

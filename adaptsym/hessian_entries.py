@@ -103,10 +103,12 @@ def analyse(h: np.ndarray, design: EntryDesign, mcfg: MeasureSpec, s: int, n_par
     sc["z_cut"] = mcfg.z_cut
     sc.update({f"scaling.{k}": v for k, v in scaling_check(X, hv, s).items()})
 
-    # a few entries' replicates (Fig 6a)
-    show = np.sort(rng.choice(vidx.size, size=min(16, vidx.size), replace=False))
-    obs.add("replicates_entry", vidx[show], ["shown"])
-    obs.add("replicates", X[:, show], ["replicate", "shown"])
+    # the same 16 cross-layer entries at every checkpoint (Fig 6a follows them through training)
+    cross = np.nonzero(~design.structural_zero)[0]
+    shown = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 0x6A])).choice(
+        cross, size=min(16, cross.size), replace=False))
+    obs.add("replicates_entry", shown, ["shown"])
+    obs.add("replicates", replicates(h[:, shown], counts, s), ["replicate", "shown"])
 
     # correlations: decided on the exact correlation over S (the pool's, the B -> infinity limit
     # of the bootstrap; the bootstrap's Monte Carlo noise would inflate Fisher's z), streaming

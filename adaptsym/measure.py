@@ -1,5 +1,8 @@
 """`adaptsym measure`: all observables at each checkpoint of a run, into zarr and MLflow.
 
+Observables (each its own module, each an `Observation` written under epoch_XXXX/<name>/):
+weights, gradients, hessian_entries, spectrum, circuits (`measure.observables` selects).
+
 The measurement pool is the first `pool_size` examples of a seeded permutation of the
 training set, and the entry design is seeded too: both are the same at every checkpoint, so
 entries are followed through training. A checkpoint group is marked complete only after
@@ -22,7 +25,12 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import RunConfig, parse_config
 from .data import load_dataset
 from .entries import make_design
+from .circuits import measure_circuits
+from .gradients import measure_gradients
 from .hessian_entries import measure_hessian_entries
+from .hvp import PoolHessian
+from .spectrum import measure_spectrum
+from .weights import measure_weights
 from .provenance import resolve_device
 from .store import RunStore, checkpoint_group
 
@@ -53,6 +61,29 @@ def select_pool(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple
     perm = np.random.default_rng(np.random.SeedSequence([seed, 0xB00])).permutation(len(x))[:size]
     idx = torch.as_tensor(np.sort(perm), device=x.device)
     return x[idx], y[idx]
+
+
+def measure_checkpoint(model, x, y, cfg: RunConfig, s: int, epoch: int, progress: bool = False) -> list:
+    """Every observable the measure config asks for, at one checkpoint's model."""
+    mcfg = cfg.measure
+    want = set(mcfg.observables)
+    out = []
+    params = model.params()
+    op = PoolHessian(model.plan, params, x, y, chunk=mcfg.example_chunk)
+    if "weights" in want:
+        out.append(measure_weights(params, mcfg.histogram_bins))
+    if "gradients" in want:
+        out.append(measure_gradients(op, cfg.train.lr))
+    if "hessian_entries" in want:
+        design = make_design(mcfg.design, model.index, cfg.seed)
+        out.append(measure_hessian_entries(model.plan, params, x, y, design, mcfg, s, cfg.seed, epoch, progress))
+    if "spectrum" in want:
+        sp = mcfg.spectrum
+        out.append(measure_spectrum(op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, cfg.seed, epoch, progress))
+    if "circuits" in want:
+        out.append(measure_circuits(model.plan, params, x, y, mcfg.circuits.examples, mcfg.circuits.paths,
+                                    cfg.seed, epoch))
+    return out
 
 
 def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None, epochs: list[int] | None = None,
@@ -98,9 +129,7 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
             t0 = time.perf_counter()
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")
             model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
-            design = make_design(mcfg.design, model.index, cfg.seed)
-            observations = [measure_hessian_entries(model.plan, model.params(), x, y, design, mcfg, s,
-                                                    cfg.seed, epoch, progress=progress)]
+            observations = measure_checkpoint(model, x, y, cfg, s, epoch, progress)
             store.reset_group(group)
             metrics = {}
             for obs in observations:

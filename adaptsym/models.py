@@ -8,7 +8,7 @@ directly. Two optional hooks serve the measurements:
   entry of row r (only for example k). The gradient of the summed loss in u is then the
   per-example gradient at those rows; this is how per-example Hessian entries are read
   out of one batched pass (see `adaptsym.per_example`).
-- `trace`: a list that receives each layer's input and pre-activation (for circuits).
+- `trace`: a list that receives every operation's input (for basis circuits).
 """
 
 from __future__ import annotations
@@ -131,23 +131,27 @@ def _conv(a, w, li, rows, u):
 
 
 def forward(plan, weights, x, rows: RowSelection | None = None, u=None, trace: list | None = None):
-    """T(x) for a batch: shape (n,). Pure in `weights`, `x` and `u`."""
+    """T(x) for a batch: shape (n,). Pure in `weights`, `x` and `u`.
+
+    With `trace`, appends (op, input tensor of that op) for every op, then (("output",), T).
+    """
     a = x
     for op in plan:
+        if trace is not None:
+            trace.append((op, a))
         kind = op[0]
-        if kind == "conv" or kind == "linear":
-            li = op[1]
-            if trace is not None:
-                trace.append(("input", li, a))
-            a = (_conv if kind == "conv" else _linear)(a, weights[li], li, rows, u)
-            if trace is not None:
-                trace.append(("pre", li, a))
+        if kind == "conv":
+            a = _conv(a, weights[op[1]], op[1], rows, u)
+        elif kind == "linear":
+            a = _linear(a, weights[op[1]], op[1], rows, u)
         elif kind == "relu":
             a = torch.relu(a)
         elif kind == "pool":
             a = F.max_pool2d(a, 2)
         elif kind == "flatten":
             a = a.reshape(a.shape[0], -1)
+    if trace is not None:
+        trace.append((("output",), a))
     return a[:, 0]
 
 

@@ -12,6 +12,8 @@ over repeats after a warm-up. Absolute times are printed too but mean little on 
 - bootstrap_reweight_speedup: B replicates recomputed directly / the reweighting path
   (per-example entries + one matrix product) at B=1000, s=64, n=1024. Ideal: B s / n
   divided by per_example_entries_over_hvp.
+- slq_seconds_per_lanczos_step_over_hvp: one Lanczos step (HVP + full reorthogonalisation)
+  / one HVP, from 16 steps (target <= 1.2 on the demo CNN).
 - measure_peak_rss_mb: peak resident memory of `measure` on the demo config (one checkpoint,
   in a child process).
 """
@@ -65,6 +67,7 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
     from adaptsym.entries import block_design
     from adaptsym.hvp import PoolHessian, one_hot_tangents
     from adaptsym.per_example import design_entries
+    from adaptsym.spectrum import lanczos
 
     rng = np.random.default_rng(0)
     op = PoolHessian(model.plan, model.params(), x, y)
@@ -73,7 +76,11 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
     design = block_design(model.index, n_rows, n_cols, rng)
     cols = one_hot_tangents(model.index, design.cols, model.params())
     singles = [tuple(t[j] for t in cols) for j in range(n_cols)]
+    flat = torch.randn(model.n_params, dtype=x.dtype, device=x.device)
+    steps = 16
     t = side_by_side({
+        "matvec": lambda: op.matvec(flat),
+        "lanczos_step": lambda: lanczos(op.matvec, flat, steps),
         "grad": lambda: op.gradient(),
         "hvp": lambda: op.hvp(v),
         "hvp_double_backward": lambda: dbl.hvp(v),
@@ -95,6 +102,7 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
         "hvp_over_grad": t["hvp"] / t["grad"],
         "hvp_fwd_over_rev_vs_double_backward": t["hvp"] / t["hvp_double_backward"],
         "per_example_entries_over_hvp": per_ex,
+        "slq_seconds_per_lanczos_step_over_hvp": t["lanczos_step"] / steps / t["matvec"],
         "bootstrap_reweight_speedup": tb["direct"] / tb["reweight"],
         "bootstrap_reweight_ideal": B * s / len(x) / per_ex,
         "seconds": {k: float(v) for k, v in {**t, **tb}.items()},

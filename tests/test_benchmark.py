@@ -11,6 +11,6 @@ def test_benchmark_prints_all_ratios(capsys):
     out = json.loads(capsys.readouterr().out)
     r = out["models"]["mlp"]
     for key in ("hvp_over_grad", "hvp_fwd_over_rev_vs_double_backward", "per_example_entries_over_hvp",
-                "bootstrap_reweight_speedup"):
+                "bootstrap_reweight_speedup", "slq_seconds_per_lanczos_step_over_hvp"):
         assert r[key] > 0
     assert 0 < out["measure_peak_rss_mb"] < 4096
