@@ -56,6 +56,26 @@ def _rho_terms(Z: np.ndarray, t: np.ndarray) -> np.ndarray:
     return r(0, 1) * r(2, 3) + r(0, 2) * r(1, 3) + r(0, 3) * r(1, 2)
 
 
+def tuple_statistics(Zx: np.ndarray, Zh: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bootstrap value, pool value, pool t-statistic) of each tuple; Zx, Zh standardised columns."""
+    order, n = tup.shape[1], Zh.shape[0]
+    value, _ = _values(Zx, tup)
+    pool, sd = _values(Zh, tup)
+    if order == 4:
+        for i in range(0, len(tup), 4096):
+            t = tup[i : i + 4096]
+            value[i : i + 4096] -= _rho_terms(Zx, t)
+            pool[i : i + 4096] -= _rho_terms(Zh, t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tstat = np.where(sd > 0, pool / (sd / np.sqrt(n)), 0.0)
+    return value, pool, tstat
+
+
+def decide(value: np.ndarray, tstat: np.ndarray, method: str, q: float, threshold: float) -> np.ndarray:
+    """Non-zero decisions: BH over all tuples at level q, or |value| >= threshold."""
+    return bh_reject(two_sided_p(tstat), q) if method == "fdr" else np.abs(value) >= threshold
+
+
 @dataclass
 class CoMomentResult:
     order: int
@@ -69,24 +89,11 @@ class CoMomentResult:
 
 def comoment(X: np.ndarray, h: np.ndarray, order: int, per_entry: int, rng: np.random.Generator,
              method: str = "fdr", q: float = 0.05, threshold: float = 0.1) -> CoMomentResult:
-    """Co-skewness (order 3) or excess co-kurtosis (order 4) of the valid entries' columns."""
+    """Co-skewness (order 3) or excess co-kurtosis (order 4) of the columns of X (B, K) and h (n, K)."""
     if order not in (3, 4):
         raise ValueError("order must be 3 (co-skewness) or 4 (co-kurtosis)")
-    K, n = X.shape[1], h.shape[0]
+    K = X.shape[1]
     tup = sample_tuples(K, per_entry, order, rng)
-    Zx, Zh = standardise(X), standardise(h)
-    value, _ = _values(Zx, tup)
-    pool, sd = _values(Zh, tup)
-    if order == 4:
-        for i in range(0, len(tup), 4096):
-            t = tup[i : i + 4096]
-            value[i : i + 4096] -= _rho_terms(Zx, t)
-            pool[i : i + 4096] -= _rho_terms(Zh, t)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tstat = np.where(sd > 0, pool / (sd / np.sqrt(n)), 0.0)
-    if method == "fdr":
-        nonzero = bh_reject(two_sided_p(tstat), q)
-    else:
-        nonzero = np.abs(value) >= threshold
-    counts = nonzero.reshape(K, per_entry).sum(axis=1)
-    return CoMomentResult(order, tup, value, pool, tstat, nonzero, counts)
+    value, pool, tstat = tuple_statistics(standardise(X), standardise(h), tup)
+    nonzero = decide(value, tstat, method, q, threshold)
+    return CoMomentResult(order, tup, value, pool, tstat, nonzero, nonzero.reshape(K, per_entry).sum(axis=1))

@@ -1,8 +1,9 @@
 """Entry designs: which Hessian entries a = (p_a, q_a) to sample (SPEC section 4).
 
-- `block`: rows I and columns J, entries I x J (K = |I||J|; |J| column HVPs). Entry a is
-  (I[a // |J|], J[a % |J|]).
-- `pairs`: K independent uniform pairs (p, q) (K columns).
+- `block`: rows I and columns J, entries I x J (K = |I||J|; |J| column HVPs). Entries are
+  column-major, entry a = (I[a % |I|], J[a // |I|]), so a chunk of columns is a contiguous
+  range of entries (the work tiles and the zarr chunks of `h` line up).
+- `pairs`: K independent uniform pairs (p, q) (K columns), sorted by column.
 With `stratify`, rows and columns are spread evenly over the weight layers (so small layers
 are represented), otherwise they are uniform over all N parameters. Entries whose two
 indices lie in the same layer are structurally zero (the network is linear in each layer)
@@ -53,6 +54,10 @@ class EntryDesign:
         """(n, |I|, |J|) per-example block -> (n, K) per-example entries."""
         return h_block[:, self.row_pos, self.col_pos]
 
+    def entry_chunk(self, column_chunk: int) -> int:
+        """Entries per work tile: `column_chunk` columns' worth (block: times |I|)."""
+        return column_chunk * len(self.rows) if self.kind == "block" else column_chunk
+
 
 def _uniform_distinct(rng: np.random.Generator, index: ParamIndex, k: int, stratify: bool, what: str) -> np.ndarray:
     n = index.n_params
@@ -82,7 +87,7 @@ def block_design(index: ParamIndex, n_rows: int, n_cols: int, rng: np.random.Gen
                  stratify: bool = True) -> EntryDesign:
     rows = _uniform_distinct(rng, index, n_rows, stratify, "rows")
     cols = _uniform_distinct(rng, index, n_cols, stratify, "columns")
-    rp, cp = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    cp, rp = np.meshgrid(np.arange(n_cols), np.arange(n_rows), indexing="ij")  # column-major
     rp, cp = rp.ravel(), cp.ravel()
     return EntryDesign("block", rows, cols, rp, cp, index.layer_of(rows[rp]), index.layer_of(cols[cp]))
 
@@ -98,6 +103,8 @@ def pairs_design(index: ParamIndex, n_pairs: int, rng: np.random.Generator, stra
         q = index.offsets[lq] + (rng.random(n_pairs) * index.sizes[lq]).astype(np.int64)
     else:
         p, q = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)
+    order = np.lexsort((p, q))  # by column, so column chunks are contiguous entry ranges
+    p, q = p[order], q[order]
     rows, row_pos = np.unique(p, return_inverse=True)
     cols, col_pos = np.unique(q, return_inverse=True)
     return EntryDesign("pairs", rows, cols, row_pos, col_pos, index.layer_of(p), index.layer_of(q))

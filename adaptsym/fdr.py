@@ -56,9 +56,13 @@ class StreamingBH:
     def m(self) -> int:
         return int(self.hist.sum())
 
-    def observe(self, absz) -> None:
+    def histogram(self, absz) -> np.ndarray:
+        """Counts of a block of |z| on this object's bins (what `observe` adds; workers send these)."""
         idx = np.searchsorted(self.edges, np.asarray(absz, dtype=np.float64).ravel(), side="right") - 1
-        self.hist += np.bincount(idx, minlength=len(self.hist))
+        return np.bincount(idx, minlength=len(self.hist))
+
+    def observe(self, absz) -> None:
+        self.hist += self.histogram(absz)
 
     def plan(self) -> None:
         m = max(self.m, 1)

@@ -1,166 +1,242 @@
 """Hessian entries and their bootstrap statistics at one checkpoint (SPEC section 4, Figs 6, 7).
 
-Steps: the design's per-example entries h (n, K) (the one expensive step); the bootstrap
-replicates X = C h / s; per-entry moments and the normalised mean z with the |z| < cut
-fraction; the exact-scaling check; streaming correlations with their coupling counts and a
-random submatrix; co-skewness and co-kurtosis on sampled tuples; Mardia's tests on random
-sets of entries; coupling set sizes for all three statistics.
+The driver of the measurement. The work itself is block-level (`entry_blocks.EntryBlocks`) and
+runs on an executor, in this process or on Ray actors; the driver keeps only O(K) vectors and a
+few columns of h, never a block of the K x K statistics nor the whole of h:
+
+1. h tiles (example chunk x entry chunk) are written into their own zarr chunk; the driver marks
+   each tile done (`tile_done`) after the write, so a restarted run computes only missing tiles.
+2. Entry blocks: bootstrap replicates X = C h / s and per-entry moments, z, exact predictions,
+   the scaling check and the pool-resampled |z| < cut counts.
+3. Correlations of the valid entries, tile by tile, two passes (streaming BH), coupling counts.
+4. Co-skewness and co-kurtosis on sampled tuples (blocks of tuples), BH over all of one order.
+5. In the driver, from a few columns: the correlation submatrix, Fig 6a's replicates, Mardia.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .bootstrap import check_pool, multinomial_counts, predicted_moments, replicates
-from .comoments import comoment
-from .config import MeasureSpec
-from .correlation import coupling_counts, standardise, submatrix
+from .bootstrap import check_pool, replicates
+from .comoments import decide, sample_tuples
+from .correlation import standardise
 from .coupling import coupling_summary
-from .entries import EntryDesign
-from .entry_stats import moments, scaling_check, valid_entries, z_fraction, z_fraction_uncertainty
+from .entry_blocks import (PER_ENTRY, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES, EntryBlocks,
+                           EntryWork, stream)
+from .fdr import StreamingBH
 from .mardia import mardia
 from .observation import Observation
-from .per_example import design_entries
-
 
 MIN_VALID = 8  # entries that vary over the pool, below which statistics are skipped
+NAME = "hessian_entries"
 
 
 class NonFiniteEntryError(FloatingPointError):
     """A Hessian entry came out NaN or infinite; the message names it."""
 
 
-def check_finite(h: np.ndarray, design: EntryDesign, where: str) -> None:
-    bad = ~np.isfinite(h)
-    if bad.any():
-        k, a = np.argwhere(bad)[0]
-        raise NonFiniteEntryError(
-            f"{where}: Hessian entry {a} (p={design.p[a]}, q={design.q[a]}, layers {design.layer_p[a]},"
-            f"{design.layer_q[a]}) is {h[k, a]} for pool example {k} ({int(bad.sum())} non-finite values in all); "
-            "nothing was written for this checkpoint")
+class TileError(RuntimeError):
+    """A tile failed repeatedly; the message names it and the last error."""
 
 
-def compute_h(model_plan, weights, x, y, design: EntryDesign, mcfg: MeasureSpec, where: str,
-              progress: bool = False) -> np.ndarray:
-    h = design_entries(model_plan, weights, x, y, design, mcfg.example_chunk, mcfg.column_chunk, progress)
-    check_finite(h, design, where)
-    sz = design.structural_zero
-    if sz.any() and np.abs(h[:, sz]).max() != 0.0:
-        raise AssertionError(f"{where}: same-layer Hessian entries are not exactly zero; the HVP is wrong")
-    return h
+def prepare(store, work: EntryWork) -> None:
+    """Create (or keep, when resuming) the arrays the workers write into."""
+    d, g = work.design, work.group
+    n, K, ec, ea = work.n, d.n_entries, work.example_chunk, work.entry_chunk
+    store.create(g, "h", (n, K), ["example", "entry"], chunks=(ec, ea))
+    ne, na = -(-n // ec), -(-K // ea)
+    store.create(g, "tile_done", (ne, na), ["example_chunk", "entry_chunk"], chunks=(ne, na), dtype="uint8",
+                 fill_value=0)
+    for name in PER_ENTRY:
+        store.create(g, name, (K,), ["entry"], chunks=(ea,), fill_value=0.0)
+    store.create(g, "valid", (K,), ["entry"], chunks=(ea,), dtype="bool", fill_value=False)
+    for name, arr in (("p", d.p), ("q", d.q), ("layer_p", d.layer_p), ("layer_q", d.layer_q),
+                      ("structural_zero", d.structural_zero)):
+        store.write(g, name, arr, ["entry"])
 
 
-def analyse(h: np.ndarray, design: EntryDesign, mcfg: MeasureSpec, s: int, n_params: int,
-            seed: int, epoch: int) -> Observation:
-    """All statistics of SPEC section 4 from the per-example entries h (n, K)."""
-    n, K = h.shape
+def compute_h(store, work: EntryWork, executor, progress: bool = False) -> tuple[int, int]:
+    """Run the missing h tiles; returns (tiles computed now, tiles in all)."""
+    done_arr = store.root[work.group]["tile_done"]
+    done = np.asarray(done_arr[...])
+    pending = [t for t in work.tiles() if not done[t]]
+
+    def on_result(task, res):
+        if res["nonfinite"] is not None:
+            k, a, v, cnt = res["nonfinite"]
+            d = work.design
+            raise NonFiniteEntryError(
+                f"checkpoint epoch {work.epoch}: Hessian entry {a} (p={d.p[a]}, q={d.q[a]}, layers {d.layer_p[a]},"
+                f"{d.layer_q[a]}) is {v} for pool example {k} ({cnt} non-finite values in its tile {task}); "
+                "the checkpoint is not marked complete")
+        if res["max_structural"] != 0.0:
+            raise AssertionError(f"checkpoint epoch {work.epoch}: same-layer Hessian entries are not exactly zero "
+                                 f"in tile {task}; the HVP is wrong")
+        done_arr[task] = 1  # only after the worker wrote the chunk
+
+    executor.run(work, "h_tile", pending, on_result, desc=f"h tiles (epoch {work.epoch})", progress=progress)
+    return len(pending), len(work.tiles())
+
+
+def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = False) -> Observation:
+    """All statistics of SPEC section 4 from the stored h, block by block on the executor."""
+    mc, d = work.mcfg, work.design
+    n, K, s = work.n, d.n_entries, work.s
     check_pool(n, s)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xB007]))
-    obs = Observation("hessian_entries")
-    valid = valid_entries(h, design.structural_zero)
-    vidx = np.nonzero(valid)[0]
-    obs.add("p", design.p, ["entry"])
-    obs.add("q", design.q, ["entry"])
-    obs.add("layer_p", design.layer_p, ["entry"])
-    obs.add("layer_q", design.layer_q, ["entry"])
-    obs.add("structural_zero", design.structural_zero, ["entry"])
-    obs.add("valid", valid, ["entry"])
-    obs.add("h", h, ["example", "entry"], chunks=(min(n, mcfg.example_chunk), min(K, 4096)))
+    obs = Observation(NAME)
     sc = obs.scalars
-    sc.update(n_entries=K, n_valid=int(valid.sum()), n_structural_zero=int(design.structural_zero.sum()),
-              n_degenerate=int((~valid & ~design.structural_zero).sum()), pool_size=n, minibatch=s,
-              replicates=mcfg.replicates, n_params=n_params)
-    sc["n_active_examples"] = int(np.any(h != 0, axis=1).sum())
+    na = -(-K // work.entry_chunk)
+
+    blocks: dict = {}
+    executor.run(work, "entry_block", [(ai,) for ai in range(na)], lambda t, r: blocks.__setitem__(t[0], r),
+                 desc="entry blocks", progress=progress)
+    order = [blocks[ai] for ai in range(na)]
+    valid = np.concatenate([b["valid"] for b in order])
+    vidx = np.nonzero(valid)[0]
+    active = np.any(np.stack([b["active"] for b in order]), axis=0)
+    sc.update(n_entries=K, n_valid=int(valid.sum()), n_structural_zero=int(d.structural_zero.sum()),
+              n_degenerate=int((~valid & ~d.structural_zero).sum()), pool_size=n, minibatch=s,
+              replicates=mc["replicates"], n_params=n_params, n_active_examples=int(active.sum()))
     if vidx.size < MIN_VALID:
         # e.g. zero training loss: every pool example has margin >= 1, so H = 0 exactly
-        obs.attrs["skipped"] = (f"only {vidx.size} entries vary over the pool ({sc['n_active_examples']} of {n} "
-                                f"examples have margin < 1); statistics need at least {MIN_VALID}")
+        obs.attrs["skipped"] = (f"only {vidx.size} entries vary over the pool ({int(active.sum())} of {n} examples "
+                                f"have margin < 1); statistics need at least {MIN_VALID}")
         return obs
 
-    counts = multinomial_counts(n, s, mcfg.replicates, rng)
-    hv = h[:, vidx]
-    X = replicates(hv, counts, s)
-
-    # per-entry moments (stored for all entries; zeros where not valid)
-    est, pred = moments(X), predicted_moments(hv, s)
+    z = np.concatenate([b["z"] for b in order])
+    sc["z_fraction"] = float(np.mean(np.abs(z) < mc["z_cut"]))
+    res = np.sum([b["resample"] for b in order], axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fr = res[:, 0] / res[:, 1]
+    fr = fr[np.isfinite(fr)]  # a resample can miss every active example
+    sc["z_fraction_std"] = float(fr.std(ddof=1)) if fr.size > 1 else float("nan")
+    sc["z_cut"] = mc["z_cut"]
     for key in ("mean", "std", "skew", "exkurt"):
-        full = np.zeros(K)
-        full[vidx] = est[key]
-        obs.add(key, full, ["entry"])
-    for key in ("mean", "skew", "exkurt"):
-        full = np.zeros(K)
-        full[vidx] = pred[key]
-        obs.add(f"pred_{key}", full, ["entry"])
-    full = np.zeros(K)
-    full[vidx] = np.sqrt(pred["var"])
-    obs.add("pred_std", full, ["entry"])
-    z = est["mean"] / est["std"]
-    zfull = np.zeros(K)
-    zfull[vidx] = z
-    obs.add("z", zfull, ["entry"])
-    sc["z_fraction"] = z_fraction(z, mcfg.z_cut)
-    sc["z_fraction_std"] = z_fraction_uncertainty(hv, s, mcfg.z_cut, mcfg.uncertainty_resamples, rng)
-    sc["z_cut"] = mcfg.z_cut
-    sc.update({f"scaling.{k}": v for k, v in scaling_check(X, hv, s).items()})
+        dev = np.concatenate([b["devs"][key] for b in order])
+        sc[f"scaling.{key}_within_3se"] = float(np.mean(dev < 3)) if dev.size else float("nan")
+        sc[f"scaling.{key}_median_dev_se"] = float(np.median(dev)) if dev.size else float("nan")
 
-    # the same 16 cross-layer entries at every checkpoint (Fig 6a follows them through training)
-    cross = np.nonzero(~design.structural_zero)[0]
-    shown = np.sort(np.random.default_rng(np.random.SeedSequence([seed, 0x6A])).choice(
+    # Fig 6a: the same 16 cross-layer entries at every checkpoint; Figs 6b/6c: a submatrix
+    reader = EntryBlocks(work)  # the driver reads a few columns only
+    counts = reader.counts
+    cross = np.nonzero(~d.structural_zero)[0]
+    shown = np.sort(np.random.default_rng(np.random.SeedSequence([work.seed, 0x6A])).choice(
         cross, size=min(16, cross.size), replace=False))
     obs.add("replicates_entry", shown, ["shown"])
-    obs.add("replicates", replicates(h[:, shown], counts, s), ["replicate", "shown"])
-
-    # correlations: decided on the exact correlation over S (the pool's, the B -> infinity limit
-    # of the bootstrap; the bootstrap's Monte Carlo noise would inflate Fisher's z), streaming
-    Zh = standardise(hv)
-    corr = coupling_counts(Zh, n, mcfg.nonzero, mcfg.fdr_q, mcfg.threshold, mcfg.corr_block)
-    sub, sub_idx = submatrix(standardise(X), mcfg.submatrix, rng)  # Figs 6b/6c: bootstrap estimate
-    exact_sub = Zh[:, sub_idx].T @ Zh[:, sub_idx] / n
+    obs.add("replicates", replicates(reader.columns(shown), counts, s), ["replicate", "shown"])
+    sub_idx = np.sort(stream(work.seed, work.epoch, STREAM_SUB).choice(vidx, size=min(mc["submatrix"], vidx.size),
+                                                                        replace=False))
+    hsub = reader.columns(sub_idx)
+    Zx, Zh = standardise(replicates(hsub, counts, s)), standardise(hsub)
+    sub, exact_sub = Zx.T @ Zx / Zx.shape[0], Zh.T @ Zh / n
     obs.add("corr_submatrix", sub, ["sub_a", "sub_b"])
     obs.add("corr_submatrix_exact", exact_sub, ["sub_a", "sub_b"])
-    obs.add("corr_submatrix_entry", vidx[sub_idx], ["sub_a"])
-    cfull = np.zeros(K, dtype=np.int64)
-    cfull[vidx] = corr.counts
-    obs.add("corr_count", cfull, ["entry"])
-    sc.update(corr_n_tests=corr.n_tests, corr_n_nonzero=corr.n_nonzero, corr_threshold=corr.threshold,
-              corr_mean_abs=corr.mean_abs, corr_bootstrap_max_dev=float(np.abs(sub - exact_sub).max()))
-    summaries = {"corr": coupling_summary(corr.counts, vidx.size - 1, n_params, 2, rng, mcfg.uncertainty_resamples)}
+    obs.add("corr_submatrix_entry", sub_idx, ["sub_a"])
+    sc["corr_bootstrap_max_dev"] = float(np.abs(sub - exact_sub).max())
 
-    # co-skewness and co-kurtosis on sampled tuples
-    for order, name in ((3, "coskew"), (4, "cokurt")):
-        if vidx.size <= order:
+    rng_c = stream(work.seed, work.epoch, STREAM_COUPLING)
+    ccounts = correlations(work, executor, vidx, sc, progress)
+    full = np.zeros(K, dtype=np.int64)
+    full[vidx] = ccounts
+    obs.add("corr_count", full, ["entry"])
+    summaries = {"corr": coupling_summary(ccounts, vidx.size - 1, n_params, 2, rng_c, mc["uncertainty_resamples"])}
+
+    rng_t = stream(work.seed, work.epoch, STREAM_TUPLES)
+    per = mc["tuples_per_entry"]
+    for order_, name in ((3, "coskew"), (4, "cokurt")):
+        if vidx.size <= order_:
             continue
-        res = comoment(X, hv, order, mcfg.tuples_per_entry, rng, mcfg.nonzero, mcfg.fdr_q, mcfg.threshold)
-        obs.add(f"{name}_tuples", vidx[res.tuples], [f"{name}_tuple", f"{name}_member"])
-        obs.add(f"{name}_value", res.value, [f"{name}_tuple"])
-        obs.add(f"{name}_tstat", res.tstat, [f"{name}_tuple"])
-        obs.add(f"{name}_nonzero", res.nonzero, [f"{name}_tuple"])
+        tup = vidx[sample_tuples(vidx.size, per, order_, rng_t)]
+        parts: dict = {}
+        step = max(1, work.entry_chunk // 4) * per
+        tasks = [(k, tup[i : i + step]) for k, i in enumerate(range(0, len(tup), step))]
+        executor.run(work, "comoment_tile", tasks, lambda t, r: parts.__setitem__(t[0], r),
+                     desc=name, progress=progress)
+        get = lambda key: np.concatenate([parts[k][key] for k in range(len(tasks))])
+        value, tstat = get("value"), get("tstat")
+        nonzero = decide(value, tstat, mc["nonzero"], mc["fdr_q"], mc["threshold"])
+        per_entry = nonzero.reshape(vidx.size, per).sum(axis=1)
+        obs.add(f"{name}_tuples", tup, [f"{name}_tuple", f"{name}_member"])
+        obs.add(f"{name}_value", value, [f"{name}_tuple"])
+        obs.add(f"{name}_tstat", tstat, [f"{name}_tuple"])
+        obs.add(f"{name}_nonzero", nonzero, [f"{name}_tuple"])
         full = np.zeros(K, dtype=np.int64)
-        full[vidx] = res.counts
+        full[vidx] = per_entry
         obs.add(f"{name}_count", full, ["entry"])
-        summaries[name] = coupling_summary(res.counts, mcfg.tuples_per_entry, n_params, order, rng,
-                                           mcfg.uncertainty_resamples)
+        summaries[name] = coupling_summary(per_entry, per, n_params, order_, rng_c, mc["uncertainty_resamples"])
     for name, summ in summaries.items():
         for k, v in summ.items():
             sc[f"{name}.{k}"] = float(v)
 
-    # Mardia on random sets of entries of the pool (n samples)
-    if mcfg.mardia_sets and vidx.size >= mcfg.mardia_dim:
+    # Mardia on random sets of valid entries of the pool (n samples)
+    if mc["mardia_sets"] and vidx.size >= mc["mardia_dim"]:
+        rng_m = stream(work.seed, work.epoch, STREAM_MARDIA)
         rows = []
-        for _ in range(mcfg.mardia_sets):
-            pick = rng.choice(vidx.size, size=mcfg.mardia_dim, replace=False)
-            m = mardia(hv[:, pick])
+        for _ in range(mc["mardia_sets"]):
+            m = mardia(reader.columns(np.sort(rng_m.choice(vidx, size=mc["mardia_dim"], replace=False))))
             rows.append([m["b1"], m["b2"], m["skew_stat"], m["skew_p"], m["kurt_stat"], m["kurt_p"]])
         rows = np.array(rows)
         obs.add("mardia", rows, ["mardia_set", "mardia_stat"])
         obs.attrs["mardia_stat"] = ["b1", "b2", "skew_stat", "skew_p", "kurt_stat", "kurt_p"]
         sc["mardia.skew_reject_fraction"] = float(np.mean(rows[:, 3] < 0.05))
         sc["mardia.kurt_reject_fraction"] = float(np.mean(rows[:, 5] < 0.05))
-        sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mcfg.mardia_dim * (mcfg.mardia_dim + 2)))
+        sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mc["mardia_dim"] * (mc["mardia_dim"] + 2)))
     return obs
 
 
-def measure_hessian_entries(plan, weights, x, y, design: EntryDesign, mcfg: MeasureSpec, s: int,
-                            seed: int, epoch: int, progress: bool = False) -> Observation:
-    h = compute_h(plan, weights, x, y, design, mcfg, f"checkpoint epoch {epoch}", progress)
-    return analyse(h, design, mcfg, s, sum(w.numel() for w in weights), seed, epoch)
+def correlations(work: EntryWork, executor, vidx: np.ndarray, sc: dict, progress: bool) -> np.ndarray:
+    """Per-entry counts of non-zero correlations among the valid entries (tile by tile)."""
+    mc = work.mcfg
+    bs = mc["corr_block"]
+    blocks = [vidx[i : i + bs] for i in range(0, vidx.size, bs)]
+    offs = np.arange(0, vidx.size, bs)
+    pairs = [(bi, bj) for bi in range(len(blocks)) for bj in range(bi, len(blocks))]
+    counts = np.zeros(vidx.size, dtype=np.int64)
+    results: dict = {}
+
+    def collect(task, res):
+        results[(task[1], task[2])] = res
+
+    def add_rows(task_res):
+        for (bi, bj), r in sorted(task_res.items()):
+            counts[offs[bi] : offs[bi] + len(blocks[bi])] += r["rows"]
+            counts[offs[bj] : offs[bj] + len(blocks[bj])] += r["cols"]
+
+    m_tests = vidx.size * (vidx.size - 1) // 2
+    if mc["nonzero"] == "threshold":
+        executor.run(work, "corr_tile", [(1, bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
+                     desc="correlations", progress=progress)
+        add_rows(results)
+        abs_sum = sum(r["abs_sum"] for _, r in sorted(results.items()))
+        threshold = mc["threshold"]
+    else:
+        bh = StreamingBH(mc["fdr_q"])
+        executor.run(work, "corr_tile", [(1, bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
+                     desc="correlations (pass 1)", progress=progress)
+        for _, r in sorted(results.items()):
+            bh.hist += r["hist"]
+        abs_sum = sum(r["abs_sum"] for _, r in sorted(results.items()))
+        bh.plan()
+        results = {}
+        executor.run(work, "corr_tile", [(2, bi, bj, blocks[bi], blocks[bj], (bh.z_low, bh.z_high))
+                                         for bi, bj in pairs], collect, desc="correlations (pass 2)",
+                     progress=progress)
+        add_rows(results)
+        for _, r in sorted(results.items()):
+            bh.keep(r["und_v"])
+        threshold = bh.resolve()
+        for (bi, bj), r in sorted(results.items()):
+            hit = r["und_v"] >= threshold
+            np.add.at(counts, offs[bi] + r["und_r"][hit], 1)
+            np.add.at(counts, offs[bj] + r["und_c"][hit], 1)
+    sc.update(corr_n_tests=m_tests, corr_n_nonzero=int(counts.sum() // 2), corr_threshold=float(threshold),
+              corr_mean_abs=abs_sum / max(m_tests, 1))
+    return counts
+
+
+def measure_hessian_entries(store, work: EntryWork, executor, n_params: int, progress: bool = False) -> Observation:
+    prepare(store, work)
+    computed, total = compute_h(store, work, executor, progress)
+    obs = analyse(store, work, executor, n_params, progress)
+    obs.scalars.update(tiles_total=total, tiles_computed=computed)
+    return obs

@@ -7,7 +7,8 @@ The measurement pool is the first `pool_size` examples of a seeded permutation o
 training set, and the entry design is seeded too: both are the same at every checkpoint, so
 entries are followed through training. A checkpoint group is marked complete only after
 every array is written; a rerun skips complete groups (same measure config and same
-checkpoint file, by SHA-256) and redoes unfinished or stale ones from scratch.
+checkpoint file, by SHA-256), redoes stale ones from scratch, and resumes unfinished ones:
+their finished h tiles are kept and only the missing tiles are computed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import RunConfig, parse_config
 from .data import load_dataset
 from .entries import make_design
+from .entry_blocks import EntryWork
+from .executor import LocalExecutor
 from .circuits import measure_circuits
 from .gradients import measure_gradients
 from .hessian_entries import measure_hessian_entries
@@ -63,7 +66,8 @@ def select_pool(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple
     return x[idx], y[idx]
 
 
-def measure_checkpoint(model, x, y, cfg: RunConfig, s: int, epoch: int, progress: bool = False) -> list:
+def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: int, store: RunStore, group: str,
+                       executor, progress: bool = False) -> list:
     """Every observable the measure config asks for, at one checkpoint's model."""
     mcfg = cfg.measure
     want = set(mcfg.observables)
@@ -75,8 +79,11 @@ def measure_checkpoint(model, x, y, cfg: RunConfig, s: int, epoch: int, progress
     if "gradients" in want:
         out.append(measure_gradients(op, cfg.train.lr))
     if "hessian_entries" in want:
-        design = make_design(mcfg.design, model.index, cfg.seed)
-        out.append(measure_hessian_entries(model.plan, params, x, y, design, mcfg, s, cfg.seed, epoch, progress))
+        work = EntryWork(str(store.path), f"{group}/hessian_entries", make_design(mcfg.design, model.index, cfg.seed),
+                         mcfg.model_dump(mode="json"), s, cfg.seed, epoch, ckpt["model_spec"],
+                         tuple(ckpt["input_shape"]), [w.detach().cpu() for w in ckpt["weights"]],
+                         x.detach().cpu(), y.detach().cpu())
+        out.append(measure_hessian_entries(store, work, executor, model.n_params, progress))
     if "spectrum" in want:
         sp = mcfg.spectrum
         out.append(measure_spectrum(op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, cfg.seed, epoch, progress))
@@ -87,7 +94,8 @@ def measure_checkpoint(model, x, y, cfg: RunConfig, s: int, epoch: int, progress
 
 
 def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None, epochs: list[int] | None = None,
-                progress: bool = True) -> MeasureResult:
+                progress: bool = True, executor=None) -> MeasureResult:
+    """Measure the run's checkpoints; `executor` runs the Hessian-entry blocks (default: in process)."""
     run_dir = Path(run_dir)
     store = RunStore.for_run(run_dir)
     root = store.attrs()
@@ -102,6 +110,7 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
         raise CheckpointError(f"no checkpoint for epoch(s) {missing} in {run_dir / 'checkpoints'}; "
                               f"available: {have}")
     device = resolve_device(cfg.device)
+    executor = executor or LocalExecutor(device)
     dtype = torch.float64 if mcfg.dtype == "float64" else torch.float32
     data = load_dataset(cfg.data, cfg.seed).to(device, dtype)
     x, y = select_pool(data.x_train, data.y_train, mcfg.pool_size, cfg.seed)
@@ -120,24 +129,26 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
             group = checkpoint_group(epoch)
             ckpt_path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
             digest = file_sha256(ckpt_path)
-            if store.is_complete(group):
-                done = store.attrs(group)
-                if done.get("measure_config") == mconf and done.get("checkpoint_sha256") == digest:
-                    result.scalars[epoch] = done.get("scalars", {})
-                    continue
-                store.mark_complete(group, False)  # stale: flagged before any recomputation
+            state = store.attrs(group) if store.has_group(group) else {}
+            if state.get("complete") and state.get("measure_config") == mconf \
+                    and state.get("checkpoint_sha256") == digest:
+                result.scalars[epoch] = state.get("scalars", {})
+                continue
+            if state.get("measure_config") != mconf or state.get("checkpoint_sha256") != digest:
+                store.reset_group(group)  # stale or new: from scratch
+            # else: an interrupted measurement of the same checkpoint and config: finished tiles are kept
+            store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest, "complete": False},
+                            group=group)
             t0 = time.perf_counter()
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")
             model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
-            observations = measure_checkpoint(model, x, y, cfg, s, epoch, progress)
-            store.reset_group(group)
+            observations = measure_checkpoint(model, ckpt, x, y, cfg, s, epoch, store, group, executor, progress)
             metrics = {}
             for obs in observations:
                 obs.write(store, group)
                 metrics.update(obs.metrics())
             metrics["measure_seconds"] = time.perf_counter() - t0
-            store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest,
-                            "scalars": metrics}, group=group)
+            store.set_attrs({"scalars": metrics}, group=group)
             store.mark_complete(group)
             result.scalars[epoch] = metrics
             if tracker:

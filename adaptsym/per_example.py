@@ -77,28 +77,32 @@ def per_example_entries(plan, weights, x, y, rows: Sequence[int], cols: Sequence
     return out
 
 
+def design_tile(plan, weights, index: ParamIndex, design, xb, yb, a0: int, a1: int) -> np.ndarray:
+    """Per-example entries a0 <= a < a1 of `design` for the examples (xb, yb): (len(xb), a1 - a0).
+
+    The one tile function of both the single-process and the distributed paths: it builds the
+    rows and columns these entries need, runs one batched pass, and reads the entries out.
+    """
+    rp, cp = design.row_pos[a0:a1], design.col_pos[a0:a1]
+    rows_u, r_loc = np.unique(rp, return_inverse=True)
+    cols_u, c_loc = np.unique(cp, return_inverse=True)
+    sel = RowSelection.build(design.rows[rows_u], index, [tuple(w.shape) for w in weights], device=weights[0].device)
+    tile = entries_tile(_row_grad_fn(plan, sel), sel, index, weights, xb, yb, design.cols[cols_u])
+    return tile[:, r_loc, c_loc]
+
+
 def design_entries(plan, weights, x, y, design, example_chunk: int = 256, column_chunk: int = 8,
                    progress: bool = False) -> np.ndarray:
-    """Per-example entries of an `EntryDesign`: an (n, K) float64 array, tile by tile.
-
-    Only the design's entries are kept from each (example chunk x column chunk) tile, so a
-    `pairs` design never materialises its |I| x |J| block.
-    """
+    """Per-example entries of an `EntryDesign`: an (n, K) float64 array, tile by tile (in memory)."""
     weights = tuple(w.detach() for w in weights)
     index = ParamIndex.from_weights(weights)
-    sel = RowSelection.build(design.rows, index, [tuple(w.shape) for w in weights], device=weights[0].device)
-    row_grad = _row_grad_fn(plan, sel)
     n, K = len(x), design.n_entries
+    ea = design.entry_chunk(column_chunk)
     out = np.empty((n, K), dtype=np.float64)
-    col_groups = []
-    for j in range(0, len(design.cols), column_chunk):
-        ent = np.nonzero((design.col_pos >= j) & (design.col_pos < j + column_chunk))[0]
-        col_groups.append((j, ent))
-    tiles = [(i, j, ent) for i in range(0, n, example_chunk) for j, ent in col_groups]
-    for i, j, ent in tqdm(tiles, desc="per-example entries", disable=not progress, unit="tile", leave=False):
-        tile = entries_tile(row_grad, sel, index, weights, x[i : i + example_chunk], y[i : i + example_chunk],
-                            design.cols[j : j + column_chunk])
-        out[i : i + example_chunk, ent] = tile[:, design.row_pos[ent], design.col_pos[ent] - j]
+    tiles = [(i, a) for i in range(0, n, example_chunk) for a in range(0, K, ea)]
+    for i, a in tqdm(tiles, desc="per-example entries", disable=not progress, unit="tile", leave=False):
+        out[i : i + example_chunk, a : a + ea] = design_tile(plan, weights, index, design, x[i : i + example_chunk],
+                                                             y[i : i + example_chunk], a, min(a + ea, K))
     return out
 
 

@@ -59,16 +59,31 @@ def test_measure_writes_zarr_and_mlflow(trained, tmp_path):
     assert "hessian_entries.z_fraction" in children[0].data.metrics
 
 
-def test_rerun_skips_complete_and_redoes_unfinished(trained):
+def test_rerun_skips_complete_and_resumes_unfinished_tiles(trained):
     cfg, run_dir = trained
-    measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    first = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
     store = RunStore.for_run(run_dir)
-    before = store.read("epoch_0001/hessian_entries", "h")
-    store.mark_complete("epoch_0001", False)  # as if the process died before the mark
-    store.write("epoch_0001/hessian_entries", "h", np.zeros_like(before), ["example", "entry"])
-    measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    g = "epoch_0001/hessian_entries"
+    before = store.read(g, "h")
+    scalars = store.attrs("epoch_0001")["scalars"]
+    total = scalars["hessian_entries.tiles_total"]
+    assert total >= 2
+    # a complete checkpoint is skipped
+    again = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    assert again.scalars[1] == scalars
+    # as if the process died after half the tiles: those not marked done are recomputed, only those
+    done = store.root[g]["tile_done"]
+    flags = np.asarray(done[...])
+    lost = [tuple(t) for t in np.argwhere(flags)[::2]]
+    for t in lost:
+        done[t] = 0
+    store.mark_complete("epoch_0001", False)
+    res = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    assert res.scalars[1]["hessian_entries.tiles_computed"] == len(lost)
     assert store.is_complete("epoch_0001")
-    np.testing.assert_array_equal(store.read("epoch_0001/hessian_entries", "h"), before)
+    np.testing.assert_array_equal(store.read(g, "h"), before)
+    for key in ("hessian_entries.z_fraction", "hessian_entries.corr.relative", "hessian_entries.cokurt.relative"):
+        assert res.scalars[1][key] == scalars[key]
 
 
 def test_unknown_checkpoint_is_named(trained):

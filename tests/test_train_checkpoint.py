@@ -20,7 +20,8 @@ def tiny_config(epochs=3, checkpoints=(0, 1, 3), name="tiny"):
         "measure": {"pool_size": 64, "minibatch": 16, "replicates": 200,
                     "design": {"kind": "block", "rows": 12, "cols": 6}, "tuples_per_entry": 8,
                     "uncertainty_resamples": 20, "mardia_sets": 2, "mardia_dim": 3,
-                    "spectrum": {"starts": 2, "steps": 8}, "circuits": {"examples": 4, "paths": 32}},
+                    "spectrum": {"starts": 2, "steps": 8}, "circuits": {"examples": 4, "paths": 32},
+                    "example_chunk": 32, "column_chunk": 2, "corr_block": 16},
     })
 
 

@@ -1,0 +1,215 @@
+"""The block-level work of the Hessian-entry measurement, done by one worker at a time.
+
+`EntryWork` is everything a worker needs for one checkpoint (picklable: it travels to Ray
+actors once per checkpoint). `EntryBlocks` does one unit of work per call and reads and writes
+the run's zarr store itself, so no worker or driver ever holds more than a block of h:
+
+- `h_tile(ei, ai)`: per-example entries of example chunk ei x entry chunk ai, written into
+  exactly one zarr chunk of `h` (no two tiles share a chunk);
+- `entry_block(ai)`: bootstrap replicates and per-entry statistics of entry chunk ai, written
+  into chunk ai of the per-entry arrays, plus small aggregates for the driver;
+- `corr_tile(stage, ...)`: one tile of the correlation matrix (histogram pass or decision pass);
+- `comoment_tile(tuples)`: co-skewness / co-kurtosis statistics of a block of tuples.
+
+The same class serves the single-process path (`LocalExecutor`) and the Ray actors
+(`services.actors`), which is why both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zarr
+
+from .bootstrap import multinomial_counts, predicted_moments, replicates
+from .comoments import tuple_statistics
+from .correlation import fisher_abs_z, standardise
+from .entries import EntryDesign
+from .entry_stats import moments
+from .fdr import StreamingBH
+from .indexing import ParamIndex
+
+# seeds of the independent random streams of one checkpoint's measurement
+STREAM_COUNTS, STREAM_RESAMPLE, STREAM_SUB, STREAM_TUPLES, STREAM_COUPLING, STREAM_MARDIA = range(1, 7)
+PER_ENTRY = ("mean", "std", "skew", "exkurt", "z", "pred_mean", "pred_std", "pred_skew", "pred_exkurt")
+
+
+def stream(seed: int, epoch: int, which: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xB007, which]))
+
+
+@dataclass
+class EntryWork:
+    store_path: str
+    group: str  # e.g. 'epoch_0010/hessian_entries'
+    design: EntryDesign
+    mcfg: dict  # MeasureSpec as a dict
+    s: int
+    seed: int
+    epoch: int
+    model_spec: dict
+    input_shape: tuple
+    weights: list  # CPU tensors
+    x: torch.Tensor  # the pool (CPU)
+    y: torch.Tensor
+
+    @property
+    def key(self) -> tuple:
+        return (self.store_path, self.group, self.epoch)
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    @property
+    def example_chunk(self) -> int:
+        return min(self.mcfg["example_chunk"], self.n)
+
+    @property
+    def entry_chunk(self) -> int:
+        return min(self.design.entry_chunk(self.mcfg["column_chunk"]), self.design.n_entries)
+
+    def tiles(self) -> list[tuple[int, int]]:
+        ne = -(-self.n // self.example_chunk)
+        na = -(-self.design.n_entries // self.entry_chunk)
+        return [(ei, ai) for ei in range(ne) for ai in range(na)]
+
+    def entry_range(self, ai: int) -> tuple[int, int]:
+        return ai * self.entry_chunk, min((ai + 1) * self.entry_chunk, self.design.n_entries)
+
+
+class EntryBlocks:
+    def __init__(self, work: EntryWork, device: str | torch.device | None = None, max_cached_blocks: int = 8):
+        self.work = work
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = torch.float64 if work.mcfg["dtype"] == "float64" else torch.float32
+        self.group = zarr.open_group(work.store_path, mode="a", zarr_format=3)[work.group]
+        self._model = None
+        self._counts = None
+        self._z = OrderedDict()
+        self._max_cached = max_cached_blocks
+
+    # ------------------------------------------------------------------ shared state
+    @property
+    def model(self):
+        if self._model is None:
+            from .checkpoint import model_from_checkpoint
+
+            m = model_from_checkpoint({"model_spec": self.work.model_spec, "input_shape": self.work.input_shape,
+                                       "weights": self.work.weights}, dtype=self.dtype, device=self.device)
+            self._model = (m, self.work.x.to(self.device, self.dtype), self.work.y.to(self.device, self.dtype))
+        return self._model
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The (B, n) multinomial count matrix, the same in every worker (seeded)."""
+        if self._counts is None:
+            w = self.work
+            self._counts = multinomial_counts(w.n, w.s, w.mcfg["replicates"], stream(w.seed, w.epoch, STREAM_COUNTS))
+        return self._counts
+
+    def columns(self, entries: np.ndarray) -> np.ndarray:
+        """h[:, entries] read from zarr (only the chunks that hold them)."""
+        return self.group["h"].get_orthogonal_selection((slice(None), np.asarray(entries, dtype=np.int64)))
+
+    def _zblock(self, block_id: int, entries: np.ndarray) -> np.ndarray:
+        if block_id not in self._z:
+            self._z[block_id] = standardise(self.columns(entries))
+            if len(self._z) > self._max_cached:
+                self._z.popitem(last=False)
+        self._z.move_to_end(block_id)
+        return self._z[block_id]
+
+    # ------------------------------------------------------------------ tiles
+    def h_tile(self, ei: int, ai: int) -> dict:
+        from .per_example import design_tile
+
+        w = self.work
+        model, x, y = self.model
+        e0, e1 = ei * w.example_chunk, min((ei + 1) * w.example_chunk, w.n)
+        a0, a1 = w.entry_range(ai)
+        tile = design_tile(model.plan, model.params(), ParamIndex.from_weights(model.params()), w.design,
+                           x[e0:e1], y[e0:e1], a0, a1)
+        out = {"nonfinite": None, "max_structural": 0.0}
+        bad = ~np.isfinite(tile)
+        if bad.any():
+            k, a = np.argwhere(bad)[0]
+            out["nonfinite"] = (int(e0 + k), int(a0 + a), float(tile[k, a]), int(bad.sum()))
+            return out  # nothing written: the tile stays unfinished
+        sz = w.design.structural_zero[a0:a1]
+        if sz.any():
+            out["max_structural"] = float(np.abs(tile[:, sz]).max())
+        self.group["h"][e0:e1, a0:a1] = tile
+        return out
+
+    def entry_block(self, ai: int) -> dict:
+        w = self.work
+        a0, a1 = w.entry_range(ai)
+        hb = np.asarray(self.group["h"][:, a0:a1])
+        sz = w.design.structural_zero[a0:a1]
+        valid = ~sz & (hb.std(axis=0) > 0)
+        X = replicates(hb, self.counts, w.s)
+        est, pred = moments(X), predicted_moments(hb, w.s)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = est["mean"] / est["std"]
+        vals = {"mean": est["mean"], "std": est["std"], "skew": est["skew"], "exkurt": est["exkurt"], "z": z,
+                "pred_mean": pred["mean"], "pred_std": np.sqrt(pred["var"]), "pred_skew": pred["skew"],
+                "pred_exkurt": pred["exkurt"]}
+        for name in PER_ENTRY:
+            self.group[name][a0:a1] = np.where(valid, vals[name], 0.0)
+        self.group["valid"][a0:a1] = valid
+        # the scaling check: deviation from the exact values in batch-means standard errors
+        groups = 20
+        parts = [moments(g) for g in np.array_split(X[:, valid], groups, axis=0)]
+        pred_v = {"mean": pred["mean"][valid], "std": np.sqrt(pred["var"][valid]),
+                  "skew": pred["skew"][valid], "exkurt": pred["exkurt"][valid]}
+        devs = {}
+        for key in ("mean", "std", "skew", "exkurt"):
+            se = np.stack([p[key] for p in parts]).std(axis=0, ddof=1) / np.sqrt(groups)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d = np.abs(est[key][valid] - pred_v[key]) / se
+            devs[key] = d[np.isfinite(d)]
+        # the |z| < cut fraction on resamples of the pool (exact z over S of each resample)
+        R, cut = w.mcfg["uncertainty_resamples"], w.mcfg["z_cut"]
+        idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (R, w.n))
+        res = np.zeros((R, 2), dtype=np.int64)
+        for r in range(R):
+            hr = hb[idx[r]]
+            sd = hr.std(axis=0)
+            ok = (sd > 0) & ~sz
+            with np.errstate(divide="ignore", invalid="ignore"):
+                zr = np.sqrt(w.s) * hr.mean(axis=0) / sd
+            res[r] = (np.sum(ok & (np.abs(zr) < cut)), np.sum(ok))
+        return {"valid": valid, "z": z[valid], "devs": devs, "active": np.any(hb != 0, axis=1), "resample": res}
+
+    def corr_tile(self, stage: int, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,
+                  window: tuple[float, float] | None = None) -> dict:
+        """stage 1: histogram of Fisher |z| (or threshold counts); stage 2: decisions in the BH window."""
+        mc = self.work.mcfg
+        n = self.work.n
+        Zi, Zj = self._zblock(bi, ei), self._zblock(bj, ej)
+        R = Zi.T @ Zj / n
+        mask = np.triu(np.ones(R.shape, dtype=bool), k=1) if bi == bj else np.ones(R.shape, dtype=bool)
+        if mc["nonzero"] == "threshold":
+            hit = mask & (np.abs(R) >= mc["threshold"])
+            return {"rows": hit.sum(axis=1), "cols": hit.sum(axis=0), "abs_sum": float(np.abs(R[mask]).sum()),
+                    "m": int(mask.sum())}
+        az = np.where(mask, fisher_abs_z(R, n), -1.0)
+        if stage == 1:
+            return {"hist": StreamingBH(mc["fdr_q"]).histogram(az[mask]), "abs_sum": float(np.abs(R[mask]).sum())}
+        z_low, z_high = window
+        sure = mask & (az >= z_high)
+        und = mask & (az >= z_low) & ~sure
+        r, c = np.nonzero(und)
+        return {"rows": sure.sum(axis=1), "cols": sure.sum(axis=0), "und_r": r, "und_c": c, "und_v": az[r, c]}
+
+    def comoment_tile(self, index: int, tuples: np.ndarray) -> dict:
+        """Statistics of block `index` of tuples of *entry* indices (order 3 or 4)."""
+        u, local = np.unique(tuples, return_inverse=True)
+        hcols = self.columns(u)
+        X = replicates(hcols, self.counts, self.work.s)
+        value, pool, tstat = tuple_statistics(standardise(X), standardise(hcols), local.reshape(tuples.shape))
+        return {"value": value, "pool": pool, "tstat": tstat}
