@@ -1,5 +1,7 @@
+"""`python -m adaptsym`: the same command line as the `adaptsym` script (jobs/cli.py)."""
+
 import sys
 
-from .cli import main
+from jobs.cli import main
 
 sys.exit(main())

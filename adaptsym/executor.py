@@ -26,5 +26,10 @@ class LocalExecutor:
         for task in tqdm(tasks, desc=desc or method, disable=not progress, unit="tile", leave=False):
             on_result(task, getattr(blocks, method)(*task))
 
+    def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int):
+        from .hvp import PoolHessian
+
+        return PoolHessian(model.plan, model.params(), x, y, chunk=chunk)
+
     def close(self) -> None:
         self._blocks = {}

@@ -31,7 +31,6 @@ from .executor import LocalExecutor
 from .circuits import measure_circuits
 from .gradients import measure_gradients
 from .hessian_entries import measure_hessian_entries
-from .hvp import PoolHessian
 from .spectrum import measure_spectrum
 from .weights import measure_weights
 from .provenance import resolve_device
@@ -73,7 +72,7 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
     want = set(mcfg.observables)
     out = []
     params = model.params()
-    op = PoolHessian(model.plan, params, x, y, chunk=mcfg.example_chunk)
+    op = executor.pool_hessian(model, ckpt, x, y, mcfg.dtype, mcfg.example_chunk)  # in process or sharded
     if "weights" in want:
         out.append(measure_weights(params, mcfg.histogram_bins))
     if "gradients" in want:

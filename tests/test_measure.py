@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adaptsym.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from adaptsym.cli import main
+from jobs.cli import main
 from adaptsym.config import parse_config
 from adaptsym.entries import DesignError
 from adaptsym.hessian_entries import NonFiniteEntryError

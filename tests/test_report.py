@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adaptsym.cli import main
+from jobs.cli import main
 from adaptsym.measure import measure_run
 from adaptsym.report import FIGURES, render_report
 from adaptsym.train import train

@@ -1,4 +1,8 @@
-"""Command line: `adaptsym {demo,train,measure,report,bench}` (also `python -m adaptsym`)."""
+"""Command line: `adaptsym {demo,train,measure,report,bench}` (also `python -m adaptsym`).
+
+Lives in `jobs/` because `measure --ray` reaches the Ray services; the science in `adaptsym/`
+never imports Ray.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .data import DataError
+from adaptsym.checkpoint import CheckpointError
+from adaptsym.config import ConfigError, load_config
+from adaptsym.data import DataError
 
 
 def _models(cfg, chosen: str | None) -> list[str]:
@@ -20,8 +24,8 @@ def _models(cfg, chosen: str | None) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from .tracking import Tracker
-    from .train import train
+    from adaptsym.tracking import Tracker
+    from adaptsym.train import train
 
     cfg = load_config(args.config)
     tracker = None if args.no_mlflow else Tracker(args.out, cfg.name)
@@ -35,13 +39,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from .measure import measure_run
-    from .tracking import Tracker
+    from adaptsym.measure import measure_run
+    from adaptsym.tracking import Tracker
 
     run_dir = Path(args.run)
     cfg = load_config(args.config) if args.config else None
+    executor = None
+    if args.ray is not None:  # first: an address that does not answer fails within seconds
+        from services.cluster import connect
+        from services.executor import RayExecutor
+
+        resources = connect(args.ray or None, num_cpus=args.num_cpus)
+        executor = RayExecutor(n_actors=args.actors, threads_per_actor=args.threads_per_actor,
+                               max_tile_retries=args.max_tile_retries)
+        print(f"Ray: {len(executor.actors)} actor(s) on {resources}")
     tracker = None if args.no_mlflow else Tracker(run_dir.parent, _experiment(run_dir, cfg))
-    res = measure_run(run_dir, cfg=cfg, tracker=tracker, epochs=args.epochs, progress=not args.quiet)
+    try:
+        res = measure_run(run_dir, cfg=cfg, tracker=tracker, epochs=args.epochs, progress=not args.quiet,
+                          executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     print(f"measured {len(res.epochs)} checkpoint(s) of {run_dir}: zarr store {res.store_path}")
     return 0
 
@@ -49,15 +67,15 @@ def cmd_measure(args) -> int:
 def _experiment(run_dir: Path, cfg) -> str:
     if cfg is not None:
         return cfg.name
-    from .store import RunStore
+    from adaptsym.store import RunStore
 
     return RunStore.for_run(run_dir, mode="r").attrs()["config"]["name"]
 
 
 def cmd_demo(args) -> int:
-    from .measure import measure_run
-    from .tracking import Tracker
-    from .train import train
+    from adaptsym.measure import measure_run
+    from adaptsym.tracking import Tracker
+    from adaptsym.train import train
 
     cfg = load_config(args.config)
     tracker = Tracker(args.out, cfg.name)
@@ -75,8 +93,8 @@ def cmd_demo(args) -> int:
 
 
 def _report(run_dir: Path, tracker=None) -> Path:
-    from .report import render_report
-    from .store import RunStore
+    from adaptsym.report import render_report
+    from adaptsym.store import RunStore
 
     rep = render_report(run_dir)
     run_id = RunStore.for_run(run_dir, mode="r").attrs().get("measure_mlflow_run_id")
@@ -88,7 +106,7 @@ def _report(run_dir: Path, tracker=None) -> Path:
 
 
 def cmd_report(args) -> int:
-    from .tracking import Tracker
+    from adaptsym.tracking import Tracker
 
     run_dir = Path(args.run)
     tracker = None if args.no_mlflow else Tracker(run_dir.parent, _experiment(run_dir, None))
@@ -126,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--epochs", type=int, nargs="*", default=None, help="checkpoints to measure (default: all)")
     m.add_argument("--no-mlflow", action="store_true")
     m.add_argument("--quiet", action="store_true")
+    m.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the tiles on Ray actors: a local cluster (no ADDRESS) or HOST:PORT of a running one")
+    m.add_argument("--actors", type=int, default=None, help="actors (default: one per GPU, else CPUs / threads)")
+    m.add_argument("--threads-per-actor", type=int, default=1)
+    m.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")
+    m.add_argument("--max-tile-retries", type=int, default=3)
     m.set_defaults(func=cmd_measure)
 
     r = sub.add_parser("report", help="figures (PNG) and an HTML report from a run's zarr store")
@@ -143,9 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
         print(f"adaptsym: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__name__ in ("ClusterError", "TileError", "NonFiniteEntryError", "DesignError"):
+            print(f"adaptsym: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

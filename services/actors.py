@@ -1,0 +1,72 @@
+"""Ray actors. `MeasureActor` does the Hessian-entry tiles and blocks (`adaptsym.entry_blocks`)
+and holds a model replica with one shard of the pool for data-parallel HVPs and gradients. It
+restarts after a crash (`max_restarts`) and rebuilds its state lazily from the object store, so a
+restarted actor simply takes the next task."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import ray
+import torch
+
+MAX_RESTARTS = 4
+
+
+def _device(use_gpu: bool) -> torch.device:
+    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=-1)
+class MeasureActor:
+    """One worker: Hessian-entry tiles and blocks (`run`), and a model replica with one shard of
+    the pool for data-parallel HVPs and gradients (`matvec_sum`, `gradient_sum`). Tasks are
+    idempotent, so Ray resubmits a task whose actor died to the restarted actor."""
+
+    def __init__(self, threads: int, use_gpu: bool):
+        torch.set_num_threads(threads)
+        self.device = _device(use_gpu)
+        self.key, self.blocks = None, None
+        self.shard_key, self.op = None, None
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "device": str(self.device), "threads": torch.get_num_threads(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None}
+
+    def run(self, key: tuple, work_ref: list, method: str, task: tuple):
+        """(result, compute seconds). `work_ref` is [ObjectRef]: fetched only for a new checkpoint."""
+        from adaptsym.entry_blocks import EntryBlocks
+
+        if key != self.key:
+            self.blocks = EntryBlocks(ray.get(work_ref[0]), self.device)
+            self.key = key
+        t0 = time.perf_counter()
+        out = getattr(self.blocks, method)(*task)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    def _shard(self, key, payload_ref):
+        if key != self.shard_key:
+            from adaptsym.checkpoint import model_from_checkpoint
+            from adaptsym.hvp import PoolHessian
+
+            p = ray.get(payload_ref[0])
+            dtype = torch.float64 if p["dtype"] == "float64" else torch.float32
+            model = model_from_checkpoint(p, dtype=dtype, device=self.device)
+            x, y = p["x"].to(self.device, dtype), p["y"].to(self.device, dtype)
+            self.op = PoolHessian(model.plan, model.params(), x, y, chunk=p["chunk"])
+            self.shard_key = key
+        return self.op
+
+    def matvec_sum(self, key, payload_ref, v: np.ndarray) -> np.ndarray:
+        """sum_k H_k v over this actor's shard (not divided by n)."""
+        op = self._shard(key, payload_ref)
+        return (op.matvec(torch.as_tensor(v, device=self.device)) * op.n).cpu().numpy()
+
+    def gradient_sum(self, key, payload_ref) -> list:
+        op = self._shard(key, payload_ref)
+        return [(g * op.n).cpu().numpy() for g in op.gradient()]

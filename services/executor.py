@@ -1,0 +1,147 @@
+"""`RayExecutor`: runs `adaptsym.entry_blocks` work on Ray actors, with retries and progress.
+
+Same interface as `adaptsym.executor.LocalExecutor`. One actor per GPU where the cluster has
+GPUs, else CPU actors with a fixed torch thread count. Each actor has one task in flight. A task
+whose actor dies is resubmitted by Ray to the restarted actor; a task that raises is resubmitted
+by this loop, up to `max_tile_retries` times, after which the measurement stops with a
+`TileError` naming the tile and the last error. Results
+reach `on_result` in the driver as they arrive (the driver marks tiles done there), so whatever
+finished before a failure or a killed driver is kept and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from typing import Callable, Sequence
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+from tqdm.auto import tqdm
+
+from adaptsym.hessian_entries import TileError
+
+from .actors import MeasureActor
+
+
+def _describe(method: str, task: tuple) -> str:
+    small = [t for t in task if isinstance(t, (int, np.integer))]
+    return f"{method}{tuple(int(t) for t in small)}"
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, n_actors: int | None = None, threads_per_actor: int = 1, max_tile_retries: int = 3,
+                 on_progress: Callable | None = None):
+        res = ray.cluster_resources()
+        gpus = int(res.get("GPU", 0))
+        self.use_gpu = gpus > 0
+        if self.use_gpu:
+            n = n_actors or gpus
+            opts = {"num_gpus": 1, "num_cpus": 1}
+        else:
+            n = n_actors or max(1, int(res.get("CPU", 1)) // threads_per_actor)
+            opts = {"num_cpus": threads_per_actor}
+        self.actors = [MeasureActor.options(**opts).remote(threads_per_actor, self.use_gpu) for _ in range(n)]
+        self.threads = threads_per_actor
+        self.max_tile_retries = max_tile_retries
+        self.on_progress = on_progress
+        self._work_key, self._work_ref = None, None
+        self.busy_seconds = 0.0  # compute time reported by actors (for the overhead benchmark)
+
+    def info(self) -> list[dict]:
+        return ray.get([a.info.remote() for a in self.actors])
+
+    def actor_pids(self) -> list[int]:
+        return [i["pid"] for i in self.info()]
+
+    def _ref(self, work):
+        if work.key != self._work_key:
+            self._work_key, self._work_ref = work.key, ray.put(work)
+        return self._work_ref
+
+    def run(self, work, method: str, tasks: Sequence[tuple], on_result: Callable, desc: str | None = None,
+            progress: bool = False) -> None:
+        ref = [self._ref(work)]
+        queue = deque(range(len(tasks)))
+        attempts = [0] * len(tasks)
+        inflight: dict = {}
+        idle = deque(self.actors)
+        bar = tqdm(total=len(tasks), desc=desc or method, disable=not progress, unit="tile", leave=False)
+        done = 0
+        try:
+            while queue or inflight:
+                while queue and idle:
+                    i, actor = queue.popleft(), idle.popleft()
+                    inflight[actor.run.remote(work.key, ref, method, tasks[i])] = (i, actor)
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                for r in ready:
+                    i, actor = inflight.pop(r)
+                    idle.append(actor)
+                    try:
+                        result, seconds = ray.get(r)
+                    except (RayActorError, RayTaskError) as exc:
+                        attempts[i] += 1
+                        if attempts[i] > self.max_tile_retries:
+                            cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+                            raise TileError(
+                                f"tile {_describe(method, tasks[i])} of {work.group} failed {attempts[i]} times; "
+                                f"last error: {type(exc).__name__}: {cause}. Finished tiles are kept: fix the cause "
+                                "and rerun the same command to resume") from exc
+                        queue.appendleft(i)
+                        continue
+                    self.busy_seconds += seconds
+                    on_result(tasks[i], result)
+                    done += 1
+                    bar.update(1)
+                    if self.on_progress:
+                        self.on_progress(method, done, len(tasks))
+        except BaseException:
+            for r in inflight:
+                ray.cancel(r, force=False)
+            raise
+        finally:
+            bar.close()
+
+    # ------------------------------------------------------------------ data-parallel operator
+    def pool_hessian(self, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int):
+        return ShardedHessian(self.actors, model, ckpt, x, y, dtype, chunk)
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+class ShardedHessian:
+    """Pool HVPs and gradients summed over shards held by the actors (the driver reduces).
+
+    Has what `adaptsym.spectrum` and `adaptsym.gradients` use of `PoolHessian`: `matvec`,
+    `gradient`, `n_params`, `n`, `weights` (the driver's copy, for shapes, dtype and device)."""
+
+    def __init__(self, actors, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int):
+        self.actors = actors
+        self.weights = tuple(w.detach() for w in model.params())
+        self.n = len(x)
+        self.n_params = model.n_params
+        self.key = uuid.uuid4().hex
+        shards = np.array_split(np.arange(self.n), len(actors))
+        base = {"model_spec": ckpt["model_spec"], "input_shape": ckpt["input_shape"],
+                "weights": [w.detach().cpu() for w in ckpt["weights"]], "dtype": dtype, "chunk": chunk}
+        xc, yc = x.detach().cpu(), y.detach().cpu()
+        self.refs = [ray.put({**base, "x": xc[idx], "y": yc[idx]}) for idx in shards]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        vn = v.detach().cpu().numpy()
+        parts = ray.get([a.matvec_sum.remote(self.key, [r], vn) for a, r in zip(self.actors, self.refs)])
+        return torch.as_tensor(np.sum(parts, axis=0) / self.n, dtype=v.dtype, device=v.device)
+
+    def gradient(self) -> tuple:
+        parts = ray.get([a.gradient_sum.remote(self.key, [r]) for a, r in zip(self.actors, self.refs)])
+        w0 = self.weights[0]
+        return tuple(torch.as_tensor(sum(p[i] for p in parts) / self.n, dtype=w0.dtype, device=w0.device)
+                     for i in range(len(self.weights)))

@@ -1,0 +1,178 @@
+"""Distributed measurement on a real local Ray cluster (2 CPUs, token auth): equal results,
+a killed actor, a killed driver, a tile that keeps failing, an address that does not answer."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adaptsym.hessian_entries import TileError
+from adaptsym.measure import measure_run
+from adaptsym.store import RunStore
+from adaptsym.train import train
+from jobs.cli import main
+
+from .test_train_checkpoint import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from services.cluster import connect, shutdown
+
+    resources = connect(None, num_cpus=2, num_gpus=0)
+    yield resources
+    shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A trained tiny run and its single-process measurement."""
+    root = tmp_path_factory.mktemp("dist")
+    cfg = tiny_config(name="dist")
+    res = train(cfg, "mlp", root / "ref", progress=False)
+    measured = measure_run(res.run_dir, cfg=cfg, progress=False)
+    return cfg, res.run_dir, measured
+
+
+def fresh_copy(run_dir: Path, dest: Path) -> Path:
+    import shutil
+
+    out = dest / run_dir.name
+    shutil.copytree(run_dir / "checkpoints", out / "checkpoints")
+    store = RunStore.for_run(out)
+    store.set_attrs(RunStore.for_run(run_dir, mode="r").attrs())
+    return out
+
+
+def assert_same(ref_dir, ref_scalars, run_dir, scalars):
+    A, B = RunStore.for_run(ref_dir, mode="r"), RunStore.for_run(run_dir, mode="r")
+    for epoch, sa in ref_scalars.items():
+        g = f"epoch_{epoch:04d}/hessian_entries"
+        for name in ("h", "mean", "std", "z", "corr_count", "coskew_count", "cokurt_count", "valid"):
+            np.testing.assert_array_equal(A.read(g, name), B.read(g, name), err_msg=f"{g}/{name}")
+        sb = scalars[epoch]
+        for k, v in sa.items():
+            if k in ("measure_seconds", "hessian_entries.tiles_computed"):
+                continue
+            assert np.isclose(v, sb[k], rtol=1e-9, atol=1e-12, equal_nan=True), (epoch, k, v, sb[k])
+
+
+def test_distributed_equals_single_process(ray_cluster, reference, tmp_path):
+    from services.executor import RayExecutor
+
+    cfg, ref_dir, ref = reference
+    run_dir = fresh_copy(ref_dir, tmp_path)
+    ex = RayExecutor(threads_per_actor=1)
+    try:
+        info = ex.info()
+        assert len(info) == 2 and all(i["device"] == "cpu" and i["threads"] == 1 for i in info)
+        res = measure_run(run_dir, cfg=cfg, progress=False, executor=ex)
+    finally:
+        ex.close()
+    assert_same(ref_dir, ref.scalars, run_dir, res.scalars)
+
+
+def test_killed_actor_changes_nothing(ray_cluster, reference, tmp_path):
+    from services.executor import RayExecutor
+
+    cfg, ref_dir, ref = reference
+    run_dir = fresh_copy(ref_dir, tmp_path)
+    killed = []
+
+    def kill_one(method, done, total):
+        if method == "h_tile" and done == 2 and not killed:
+            pid = ex.actor_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    ex = RayExecutor(threads_per_actor=1, on_progress=kill_one)
+    try:
+        res = measure_run(run_dir, cfg=cfg, progress=False, executor=ex)
+        assert killed and killed[0] not in ex.actor_pids()  # the actor was restarted
+    finally:
+        ex.close()
+    assert_same(ref_dir, ref.scalars, run_dir, res.scalars)
+
+
+def test_killed_driver_then_rerun_computes_only_missing_tiles(ray_cluster, reference, tmp_path):
+    cfg, ref_dir, ref = reference
+    run_dir = fresh_copy(ref_dir, tmp_path)
+    script = textwrap.dedent(f"""
+        import os, signal
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from services.cluster import connect
+        from services.executor import RayExecutor
+        from adaptsym.measure import measure_run
+        from tests.test_train_checkpoint import tiny_config
+
+        def die(method, done, total):
+            if method == "h_tile" and done == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # the driver dies mid-run
+
+        connect(None, num_cpus=2, num_gpus=0)
+        measure_run({str(run_dir)!r}, cfg=tiny_config(name="dist"), epochs=[3], progress=False,
+                    executor=RayExecutor(on_progress=die))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=ENV, cwd=ROOT, capture_output=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    store = RunStore.for_run(run_dir, mode="r")
+    assert not store.is_complete("epoch_0003")
+    done = np.asarray(store.root["epoch_0003/hessian_entries/tile_done"][...])
+    assert done.sum() == 3 and done.size > 3
+    # the same command again, through the CLI, on the Ray cluster
+    assert main(["measure", "--run", str(run_dir), "--epochs", "3", "--ray", "--no-mlflow", "--quiet"]) == 0
+    store = RunStore.for_run(run_dir, mode="r")
+    sc = store.attrs("epoch_0003")["scalars"]
+    assert sc["hessian_entries.tiles_computed"] == done.size - 3
+    assert_same(ref_dir, {3: ref.scalars[3]}, run_dir, {3: sc})
+
+
+def test_tile_failing_repeatedly_stops_with_its_name_and_resumes(ray_cluster, reference, tmp_path):
+    from services.executor import RayExecutor
+
+    cfg, ref_dir, ref = reference
+    run_dir = fresh_copy(ref_dir, tmp_path)
+    ex = RayExecutor(threads_per_actor=1, max_tile_retries=2)
+    try:
+        measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
+        store = RunStore.for_run(run_dir)
+        store.mark_complete("epoch_0001", False)
+        chunk = run_dir / "results.zarr" / "epoch_0001" / "hessian_entries" / "h" / "c" / "0" / "1"
+        assert chunk.is_file()
+        chunk.write_bytes(b"\x00garbage, not a zarr chunk")  # a corrupt chunk on disk
+        with pytest.raises(TileError, match=r"entry_block\(1,\).*failed 3 times") as err:
+            measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
+        assert "rerun the same command" in str(err.value)
+        done = store.root["epoch_0001/hessian_entries/tile_done"]
+        assert np.asarray(done[...]).all()  # everything finished so far is kept
+        chunk.unlink()  # repair: drop the bad chunk and mark its tile unfinished
+        done[0, 1] = 0
+        res = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
+    finally:
+        ex.close()
+    assert res.scalars[1]["hessian_entries.tiles_computed"] == 1
+    assert_same(ref_dir, {1: ref.scalars[1]}, run_dir, res.scalars)
+
+
+def test_unreachable_address_fails_fast(tmp_path):
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "adaptsym", "measure", "--run", str(tmp_path), "--ray",
+                           "127.0.0.1:9"], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
+    assert time.monotonic() - t0 < 30
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "127.0.0.1:9" in err and "ray start --head" in err
+
+
+def test_science_package_never_imports_ray():
+    code = ("import sys, adaptsym.measure, adaptsym.report, adaptsym.train, adaptsym.entry_blocks, "
+            "adaptsym.executor; assert 'ray' not in sys.modules and 'services' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, check=True, timeout=120)
