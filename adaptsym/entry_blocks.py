@@ -91,6 +91,8 @@ class EntryBlocks:
         self._counts = None
         self._z = OrderedDict()
         self._max_cached = max_cached_blocks
+        self._cols: dict = {}  # entry -> (standardised bootstrap column, standardised pool column)
+        self._max_cols = max(1024, int(256e6 / 8 / (work.n + work.mcfg["replicates"])))  # ~256 MB
 
     # ------------------------------------------------------------------ shared state
     @property
@@ -209,7 +211,17 @@ class EntryBlocks:
     def comoment_tile(self, index: int, tuples: np.ndarray) -> dict:
         """Statistics of block `index` of tuples of *entry* indices (order 3 or 4)."""
         u, local = np.unique(tuples, return_inverse=True)
-        hcols = self.columns(u)
-        X = replicates(hcols, self.counts, self.work.s)
-        value, pool, tstat = tuple_statistics(standardise(X), standardise(hcols), local.reshape(tuples.shape))
+        missing = [e for e in u if e not in self._cols]
+        if missing:
+            if len(self._cols) + len(missing) > self._max_cols:
+                self._cols = {}
+                missing = list(u)
+            hcols = self.columns(np.array(missing))
+            zx = standardise(replicates(hcols, self.counts, self.work.s))
+            zh = standardise(hcols)
+            for j, e in enumerate(missing):
+                self._cols[e] = (zx[:, j], zh[:, j])
+        Zx = np.stack([self._cols[e][0] for e in u], axis=1)
+        Zh = np.stack([self._cols[e][1] for e in u], axis=1)
+        value, pool, tstat = tuple_statistics(Zx, Zh, local.reshape(tuples.shape))
         return {"value": value, "pool": pool, "tstat": tstat}

@@ -148,7 +148,7 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
             continue
         tup = vidx[sample_tuples(vidx.size, per, order_, rng_t)]
         parts: dict = {}
-        step = max(1, work.entry_chunk // 4) * per
+        step = 32 * per  # small tasks balance the actors; workers cache the columns they read
         tasks = [(k, tup[i : i + step]) for k, i in enumerate(range(0, len(tup), step))]
         executor.run(work, "comoment_tile", tasks, lambda t, r: parts.__setitem__(t[0], r),
                      desc=name, progress=progress)

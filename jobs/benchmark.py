@@ -1,6 +1,6 @@
 """Side-by-side speed ratios of the Hessian engine, printed as one JSON object.
 
-    python -m jobs.benchmark [--config configs/demo.yaml] [--models mlp cnn] [--vgg12]
+    python -m jobs.benchmark [--config configs/demo.yaml] [--models mlp cnn] [--vgg12] [--ray]
 
 Every ratio compares two timings taken in the same process, interleaved, as the minimum
 over repeats after a warm-up. Absolute times are printed too but mean little on a CPU.
@@ -14,6 +14,10 @@ over repeats after a warm-up. Absolute times are printed too but mean little on 
   divided by per_example_entries_over_hvp.
 - slq_seconds_per_lanczos_step_over_hvp: one Lanczos step (HVP + full reorthogonalisation)
   / one HVP, from 16 steps (target <= 1.2 on the demo CNN).
+- ray_two_actor_speedup (--ray): h-tile throughput of 2 actors over 1, torch threads 1 per
+  actor, on a local 2-CPU cluster (target >= 1.6).
+- ray_overhead_fraction (--ray): 1 - actor compute time / (actors x wall time) of the distributed
+  Hessian-entry measurement of the demo model (tiles + statistics; target <= 0.15).
 - measure_peak_rss_mb: peak resident memory of `measure` on the demo config (one checkpoint,
   in a child process).
 """
@@ -109,6 +113,62 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
     }
 
 
+def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
+    """Tile throughput of 2 actors over 1 (torch threads 1 per actor), and the fraction of the
+    distributed Hessian-entry measurement's wall time spent outside actor computation."""
+    from adaptsym.checkpoint import model_from_checkpoint  # noqa: F401  (actors import it)
+    from adaptsym.entries import make_design
+    from adaptsym.entry_blocks import EntryWork
+    from adaptsym.hessian_entries import analyse, compute_h, prepare
+    from adaptsym.models import BiasFreeNet
+    from adaptsym.store import RunStore
+    from services.cluster import connect
+    from services.executor import RayExecutor
+
+    connect(None, num_cpus=2, num_gpus=0)
+    mcfg = cfg.measure.model_copy(update={"example_chunk": 128})  # 16 tiles: less end-of-run imbalance
+    model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=torch.float64)
+    x, y = data.x_train[:n_pool].double(), data.y_train[:n_pool].double()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(Path(tmp) / "bench.zarr")
+
+        def work(tag):
+            return EntryWork(str(store.path), f"{tag}/hessian_entries", make_design(mcfg.design, model.index, cfg.seed),
+                             mcfg.model_dump(mode="json"), mcfg.minibatch or cfg.train.batch_size, cfg.seed, 0,
+                             cfg.models[model_name].model_dump(mode="json"), data.input_shape,
+                             [w.detach() for w in model.params()], x, y)
+
+        times = {}
+        for n_act in (1, 2, 1, 2, 1, 2):  # interleaved, best of three
+            ex = RayExecutor(n_actors=n_act, threads_per_actor=1)
+            w = work(f"a{n_act}_{len(times)}_{time.perf_counter_ns()}")
+            prepare(store, w)
+            ex.run(w, "h_tile", w.tiles()[:n_act], lambda t, r: None)  # warm every actor (imports, model)
+            t0 = time.perf_counter()
+            compute_h(store, w, ex)
+            times[n_act] = min(times.get(n_act, np.inf), time.perf_counter() - t0)
+            ex.close()
+        out["ray_two_actor_speedup"] = times[1] / times[2]
+        ex = RayExecutor(n_actors=2, threads_per_actor=1)
+        w = work("overhead")
+        prepare(store, w)
+        ex.run(w, "h_tile", w.tiles()[:2], lambda t, r: None)
+        ex.busy_seconds = 0.0
+        t0 = time.perf_counter()
+        compute_h(store, w, ex)
+        t_h = time.perf_counter() - t0
+        busy_h = ex.busy_seconds
+        analyse(store, w, ex, model.n_params)
+        total = time.perf_counter() - t0
+        ex.close()
+        out["ray_overhead_fraction"] = 1 - ex.busy_seconds / (2 * total)
+        out["ray_overhead_fraction_h_tiles"] = 1 - busy_h / (2 * t_h)
+        out["ray_tiles"] = len(w.tiles())
+        out["ray_seconds"] = {"one_actor": times[1], "two_actors": times[2], "measure_hessian_entries": total}
+    return out
+
+
 def measure_peak_rss_mb(config: Path) -> float:
     """Peak RSS of `adaptsym measure` on one (initial) checkpoint of `config`, in a child process."""
     from adaptsym.config import load_config
@@ -140,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--vgg12", action="store_true", help="also vgg12 at full width on random CIFAR-shaped data")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--ray", action="store_true", help="also the Ray ratios (a local 2-CPU cluster)")
+    p.add_argument("--ray-model", default="cnn")
     args = p.parse_args(argv)
 
     from adaptsym.config import ModelSpec, load_config
@@ -166,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         gx = torch.randn(256, 3, 32, 32, device=device)
         gy = torch.where(torch.rand(256, device=device) < 0.5, -1.0, 1.0)
         out["models"]["vgg12"] = bench_model(model, gx, gy, 4, 256, 128, 2, 1, 100, 32, 3)
+    if args.ray:
+        out["ray"] = bench_ray(cfg, data, args.ray_model, min(args.n, cfg.measure.pool_size))
     if not args.skip_memory:
         out["measure_peak_rss_mb"] = measure_peak_rss_mb(Path(args.config))
     print(json.dumps(out, indent=2))

@@ -1,7 +1,8 @@
 """`RayExecutor`: runs `adaptsym.entry_blocks` work on Ray actors, with retries and progress.
 
 Same interface as `adaptsym.executor.LocalExecutor`. One actor per GPU where the cluster has
-GPUs, else CPU actors with a fixed torch thread count. Each actor has one task in flight. A task
+GPUs, else CPU actors with a fixed torch thread count. Each actor has two tasks in flight (the
+next one waits in its queue while the driver records the last result). A task
 whose actor dies is resubmitted by Ray to the restarted actor; a task that raises is resubmitted
 by this loop, up to `max_tile_retries` times, after which the measurement stops with a
 `TileError` naming the tile and the last error. Results
@@ -36,7 +37,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, n_actors: int | None = None, threads_per_actor: int = 1, max_tile_retries: int = 3,
-                 on_progress: Callable | None = None):
+                 on_progress: Callable | None = None, inflight_per_actor: int = 2):
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         self.use_gpu = gpus > 0
@@ -49,6 +50,7 @@ class RayExecutor:
         self.actors = [MeasureActor.options(**opts).remote(threads_per_actor, self.use_gpu) for _ in range(n)]
         self.threads = threads_per_actor
         self.max_tile_retries = max_tile_retries
+        self.inflight_per_actor = inflight_per_actor  # 2: the next task waits in the actor's queue
         self.on_progress = on_progress
         self._work_key, self._work_ref = None, None
         self.busy_seconds = 0.0  # compute time reported by actors (for the overhead benchmark)
@@ -70,7 +72,7 @@ class RayExecutor:
         queue = deque(range(len(tasks)))
         attempts = [0] * len(tasks)
         inflight: dict = {}
-        idle = deque(self.actors)
+        idle = deque(a for _ in range(self.inflight_per_actor) for a in self.actors)
         bar = tqdm(total=len(tasks), desc=desc or method, disable=not progress, unit="tile", leave=False)
         done = 0
         try:
