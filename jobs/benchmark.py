@@ -161,6 +161,7 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
         busy_h = ex.busy_seconds
         analyse(store, w, ex, model.n_params)
         total = time.perf_counter() - t0
+        out["ray_actor_peak_rss_mb"] = max(i["peak_rss_mb"] for i in ex.info())
         ex.close()
         out["ray_overhead_fraction"] = 1 - ex.busy_seconds / (2 * total)
         out["ray_overhead_fraction_h_tiles"] = 1 - busy_h / (2 * t_h)

@@ -32,7 +32,11 @@ class MeasureActor:
         self.shard_key, self.op = None, None
 
     def info(self) -> dict:
+        import resource
+
         return {"pid": os.getpid(), "device": str(self.device), "threads": torch.get_num_threads(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None}
 
