@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install mlflow-ui bench clean
+.PHONY: demo test install mlflow-ui mlflow-server ray-head ray-stop bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,18 @@ bench: $(STAMP)
 # Opens the local MLflow store that `make demo` writes (runs/mlflow.db), on 127.0.0.1 only.
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+
+# A local MLflow tracking server (sqlite + artifacts in runs/mlflow-server), on 127.0.0.1:5000.
+mlflow-server: $(STAMP)
+	MLFLOW_BIN=$(BIN)/mlflow bash infra/mlflow/server.sh
+
+# A local Ray head with token auth on 127.0.0.1 (Jobs API on :8265); jobs run with this venv's python.
+ray-head: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH RAY_AUTH_MODE=token $(BIN)/ray start --head --node-ip-address 127.0.0.1 \
+	  --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats
+
+ray-stop:
+	RAY_AUTH_MODE=token $(BIN)/ray stop
 
 clean:
 	rm -rf runs .pytest_cache

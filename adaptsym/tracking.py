@@ -1,7 +1,11 @@
 """MLflow tracking: one run per training or measurement job, nested runs per checkpoint.
 
 The default store is a sqlite file `mlflow.db` in the parent of the run directories, with
-artifacts beside it in `mlartifacts/`; `MLFLOW_TRACKING_URI` overrides both.
+artifacts beside it in `mlartifacts/`; `MLFLOW_TRACKING_URI` overrides both. An HTTP tracking
+server that does not answer fails the job at once with its URI named, unless
+`ADAPTSYM_MLFLOW_FALLBACK=local`, which logs to the local sqlite store instead and says so
+(the results are never lost). Runs made inside a Ray job submitted by `adaptsym submit` are
+tagged with its id (`ray_job_id`, from `ADAPTSYM_RAY_JOB_ID`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,26 @@ def tracking_uri(runs_root: str | os.PathLike) -> str:
     if env:
         return env
     return f"sqlite:///{(Path(runs_root) / 'mlflow.db').resolve()}"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server cannot be reached; the message names it."""
+
+
+def check_server(uri: str, timeout: float = 3.0) -> None:
+    """For http(s) URIs: the server's /health answers within `timeout` seconds."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise OSError(f"HTTP {r.status}")
+    except OSError as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} does not answer ({exc}); start it (`make mlflow-server`), fix "
+            "MLFLOW_TRACKING_URI, or set ADAPTSYM_MLFLOW_FALLBACK=local to log to the local store") from None
 
 
 def flatten_params(d: dict, prefix: str = "") -> dict[str, str]:
@@ -40,6 +64,13 @@ class Tracker:
         self.mlflow = mlflow
         self.runs_root = Path(runs_root)
         self.uri = tracking_uri(runs_root)
+        try:
+            check_server(self.uri)
+        except TrackingError as exc:
+            if os.environ.get("ADAPTSYM_MLFLOW_FALLBACK") != "local":
+                raise
+            self.uri = f"sqlite:///{(self.runs_root / 'mlflow.db').resolve()}"
+            print(f"adaptsym: warning: {exc.args[0].split(';')[0]}; logging to the local store {self.uri} instead")
         before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         # mlflow writes the URI into os.environ; undo that so only the user's setting overrides
@@ -62,6 +93,9 @@ class Tracker:
         with self.mlflow.start_run(run_name=None if run_id else name, nested=nested, run_id=run_id) as r:
             if params and run_id is None:
                 self.mlflow.log_params(flatten_params(params))
+            tags = dict(tags or {})
+            if os.environ.get("ADAPTSYM_RAY_JOB_ID"):
+                tags["ray_job_id"] = os.environ["ADAPTSYM_RAY_JOB_ID"]
             if tags:
                 self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
             yield r

@@ -1,4 +1,4 @@
-"""Command line: `adaptsym {demo,train,measure,report,bench}` (also `python -m adaptsym`).
+"""Command line: `adaptsym {demo,train,measure,report,submit,bench}` (also `python -m adaptsym`).
 
 Lives in `jobs/` because `measure --ray` reaches the Ray services; the science in `adaptsym/`
 never imports Ray.
@@ -114,6 +114,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from jobs.submit import submit
+
+    rest = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
+    return submit(args.job, rest, args.address, working_dir=args.working_dir, python=args.python,
+                  tracking_uri=args.tracking_uri, wait=not args.no_wait, timeout=args.timeout)
+
+
 def cmd_bench(args) -> int:
     from jobs.benchmark import main as bench_main
 
@@ -157,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-mlflow", action="store_true", help="do not log the report as MLflow artifacts")
     r.set_defaults(func=cmd_report)
 
+    j = sub.add_parser("submit", help="submit a job (train, measure, scale_sweep, nightly, benchmark) to a Ray cluster")
+    j.add_argument("job")
+    j.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard / Jobs API URL")
+    j.add_argument("--working-dir", default=".")
+    j.add_argument("--python", default="python", help="the interpreter on the cluster")
+    j.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the job (default: $MLFLOW_TRACKING_URI)")
+    j.add_argument("--no-wait", action="store_true")
+    j.add_argument("--timeout", type=float, default=3600)
+    j.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then the job's own arguments")
+    j.set_defaults(func=cmd_submit)
+
     b = sub.add_parser("bench", help="side-by-side speed ratios as JSON (jobs/benchmark.py)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
@@ -167,11 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"adaptsym: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if type(exc).__name__ in ("ClusterError", "TileError", "NonFiniteEntryError", "DesignError"):
+        if type(exc).__name__ in ("ClusterError", "TileError", "NonFiniteEntryError", "DesignError", "TrackingError"):
             print(f"adaptsym: error: {exc}", file=sys.stderr)
             return 2
         raise
