@@ -60,19 +60,40 @@ class TrainResult:
     mlflow_run_id: str | None = None
 
 
-def _epoch_metrics(model, data: Dataset, lr: float) -> dict:
+def checkpoint_payload(cfg: RunConfig, model_name: str, input_shape, epoch: int, weights, optimizer_state: dict,
+                       history: dict, mlflow_run_id: str | None, **extra) -> dict:
+    """The self-describing checkpoint content (plain torch and DeepSpeed training write the same)."""
+    spec = cfg.models[model_name]
+    return {"model_spec": spec.model_dump(mode="json"), "input_shape": list(input_shape),
+            "data_spec": cfg.data.model_dump(mode="json"), "epoch": epoch,
+            "weights": [w.detach().cpu().clone() for w in weights], "optimizer": optimizer_state,
+            "seeds": {"seed": cfg.seed}, "config": config_to_dict(cfg), "history": history,
+            "mlflow_run_id": mlflow_run_id, **extra}
+
+
+def epoch_metrics(model, data: Dataset, lr: float) -> dict:
     tl, ta = evaluate(model, data.x_train, data.y_train)
     vl, va = evaluate(model, data.x_test, data.y_test)
     g2 = float(sum((g.double() ** 2).sum() for g in full_gradient(model, data.x_train, data.y_train)))
     return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va, "grad_norm2": g2, "omega": lr * g2}
 
 
-def _write_history(store: RunStore, history: dict) -> None:
+def write_history(store: RunStore, history: dict) -> None:
     epochs = np.asarray(history["epoch"], dtype=np.int64)
     store.write("training", "epoch", epochs, ["epoch"])
     for k in HISTORY_KEYS:
         store.write("training", k, np.asarray(history[k], dtype=np.float64), ["epoch"])
     store.set_attrs({"complete": True, "last_epoch": int(epochs[-1])}, group="training")
+
+
+def open_run_store(run_dir: Path, cfg: RunConfig, model_name: str, model: BiasFreeNet, input_shape) -> RunStore:
+    """The run's zarr store with its root attributes (config, model, provenance, seeds)."""
+    store = RunStore.for_run(run_dir)
+    store.set_attrs({"config": config_to_dict(cfg), "model_name": model_name,
+                     "model_spec": cfg.models[model_name].model_dump(mode="json"), "n_params": model.n_params,
+                     "n_layers": model.n_layers, "layer_shapes": model.shapes, "input_shape": list(input_shape),
+                     "seeds": {"seed": cfg.seed}, **provenance()})
+    return store
 
 
 def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progress: bool = True) -> TrainResult:
@@ -105,17 +126,11 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
         start_epoch = int(last["epoch"]) + 1
         mlflow_run_id = last.get("mlflow_run_id")
 
-    store = RunStore.for_run(run_dir)
-    store.set_attrs({"config": cfg_dict, "model_name": model_name, "model_spec": spec.model_dump(mode="json"),
-                     "n_params": model.n_params, "n_layers": model.n_layers, "layer_shapes": model.shapes,
-                     "input_shape": list(data.input_shape), "seeds": {"seed": cfg.seed}, **provenance()})
+    store = open_run_store(run_dir, cfg, model_name, model, data.input_shape)
 
     def payload(epoch: int) -> dict:
-        return {"model_spec": spec.model_dump(mode="json"), "input_shape": list(data.input_shape),
-                "data_spec": cfg.data.model_dump(mode="json"), "epoch": epoch,
-                "weights": [w.detach().cpu().clone() for w in model.weights],
-                "optimizer": opt.state_dict(), "seeds": {"seed": cfg.seed}, "config": cfg_dict,
-                "history": history, "mlflow_run_id": mlflow_run_id}
+        return checkpoint_payload(cfg, model_name, data.input_shape, epoch, model.weights, opt.state_dict(),
+                                  history, mlflow_run_id)
 
     saved: list[Path] = sorted(ckpt_dir.glob("epoch_*.pt"))
     ctx = tracker.run(f"train-{cfg.name}-{model_name}", params=cfg_dict,
@@ -136,7 +151,7 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
                     opt.zero_grad(set_to_none=True)
                     hinge(model(data.x_train[idx]), data.y_train[idx]).mean().backward()
                     opt.step()
-            metrics = _epoch_metrics(model, data, tcfg.lr)
+            metrics = epoch_metrics(model, data, tcfg.lr)
             history["epoch"].append(epoch)
             for k in HISTORY_KEYS:
                 history[k].append(metrics[k])
@@ -146,7 +161,7 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
             if epoch in tcfg.checkpoints:
                 saved.append(save_checkpoint(ckpt_dir / checkpoint_name(epoch), payload(epoch)))
             save_checkpoint(ckpt_dir / LAST, payload(epoch))
-            _write_history(store, history)
+            write_history(store, history)
         bar.close()
     store.set_attrs({"train_mlflow_run_id": mlflow_run_id})
     return TrainResult(run_dir, sorted(set(saved)), history, mlflow_run_id)

@@ -1,0 +1,38 @@
+"""DeepSpeed ZeRO training through Ray Train on CPU (gloo): one epoch, a checkpoint measure reads."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from adaptsym.checkpoint import load_checkpoint
+from adaptsym.measure import measure_run
+
+from .test_train_checkpoint import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_deepspeed_one_epoch_on_cpu_writes_a_checkpoint_measure_reads(tmp_path):
+    pytest.importorskip("deepspeed")
+    cfg = tiny_config(epochs=1, checkpoints=(0, 1), name="ds")
+    path = tmp_path / "ds.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "jobs.train", "--deepspeed", "--config", str(path), "--out",
+                           str(tmp_path / "runs"), "--workers", "2", "--no-mlflow"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DeepSpeed ZeRO-1 on 2 workers: epoch 1" in proc.stdout
+    run_dir = tmp_path / "runs" / "ds-mlp"
+    ck = load_checkpoint(run_dir / "checkpoints" / "epoch_0001.pt")
+    assert ck["trainer"] == {"deepspeed_zero_stage": 1, "workers": 2} and ck["epoch"] == 1
+    start = load_checkpoint(run_dir / "checkpoints" / "epoch_0000.pt")
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(ck["weights"], start["weights"]))
+    res = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    assert np.isfinite(res.scalars[1]["hessian_entries.z_fraction"])
