@@ -46,10 +46,7 @@ def replicates_direct(plan, weights, x, y, rows, cols, row_pos, col_pos, counts:
 
 def predicted_moments(h: np.ndarray, s: int) -> dict[str, np.ndarray]:
     """Exact mean, variance, skewness and excess kurtosis of H_a(S) from the pool h (n, K)."""
-    mean = h.mean(axis=0)
-    d = h - mean
-    m2 = (d**2).mean(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        skew = (d**3).mean(axis=0) / m2**1.5
-        exkurt = (d**4).mean(axis=0) / m2**2 - 3.0
-    return {"mean": mean, "var": m2 / s, "skew": skew / np.sqrt(s), "exkurt": exkurt / s}
+    from .entry_stats import moments
+
+    m = moments(h)
+    return {"mean": m["mean"], "var": m["std"] ** 2 / s, "skew": m["skew"] / np.sqrt(s), "exkurt": m["exkurt"] / s}

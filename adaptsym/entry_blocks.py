@@ -28,7 +28,7 @@ from .bootstrap import multinomial_counts, predicted_moments, replicates
 from .comoments import tuple_statistics
 from .correlation import fisher_abs_z, standardise
 from .entries import EntryDesign
-from .entry_stats import moments
+from .entry_stats import moments, scaling_deviations, z_resample_counts
 from .fdr import StreamingBH
 from .indexing import ParamIndex
 
@@ -163,28 +163,9 @@ class EntryBlocks:
         for name in PER_ENTRY:
             self.group[name][a0:a1] = np.where(valid, vals[name], 0.0)
         self.group["valid"][a0:a1] = valid
-        # the scaling check: deviation from the exact values in batch-means standard errors
-        groups = 20
-        parts = [moments(g) for g in np.array_split(X[:, valid], groups, axis=0)]
-        pred_v = {"mean": pred["mean"][valid], "std": np.sqrt(pred["var"][valid]),
-                  "skew": pred["skew"][valid], "exkurt": pred["exkurt"][valid]}
-        devs = {}
-        for key in ("mean", "std", "skew", "exkurt"):
-            se = np.stack([p[key] for p in parts]).std(axis=0, ddof=1) / np.sqrt(groups)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                d = np.abs(est[key][valid] - pred_v[key]) / se
-            devs[key] = d[np.isfinite(d)]
-        # the |z| < cut fraction on resamples of the pool (exact z over S of each resample)
-        R, cut = w.mcfg["uncertainty_resamples"], w.mcfg["z_cut"]
-        idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (R, w.n))
-        res = np.zeros((R, 2), dtype=np.int64)
-        for r in range(R):
-            hr = hb[idx[r]]
-            sd = hr.std(axis=0)
-            ok = (sd > 0) & ~sz
-            with np.errstate(divide="ignore", invalid="ignore"):
-                zr = np.sqrt(w.s) * hr.mean(axis=0) / sd
-            res[r] = (np.sum(ok & (np.abs(zr) < cut)), np.sum(ok))
+        devs = scaling_deviations(X[:, valid], hb[:, valid], w.s)
+        idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.mcfg["uncertainty_resamples"], w.n))
+        res = z_resample_counts(hb, w.s, w.mcfg["z_cut"], idx, exclude=sz)
         return {"valid": valid, "z": z[valid], "devs": devs, "active": np.any(hb != 0, axis=1), "resample": res}
 
     def corr_tile(self, stage: int, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,

@@ -33,29 +33,42 @@ def z_fraction(z: np.ndarray, cut: float) -> float:
     return float(np.mean(np.abs(z) < cut)) if z.size else float("nan")
 
 
-def z_fraction_uncertainty(h: np.ndarray, s: int, cut: float, n_resamples: int,
-                           rng: np.random.Generator) -> float:
-    """Std of the |z| < cut fraction over bootstrap resamples of the pool rows (h: valid entries)."""
-    n = h.shape[0]
-    fr = np.empty(n_resamples)
-    for r in range(n_resamples):
-        hb = h[rng.integers(0, n, n)]
-        sd = hb.std(axis=0)
+def z_resample_counts(h: np.ndarray, s: int, cut: float, idx: np.ndarray, exclude: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """For each pool resample idx[r] (row indices): (#entries with |z| < cut, #entries with std > 0).
+
+    z is the exact z over S of the resampled pool, sqrt(s) mean / std; `exclude` masks entries
+    (structural zeros). Counts add up over blocks of entries, so workers can each do a block.
+    """
+    out = np.zeros((len(idx), 2), dtype=np.int64)
+    keep = np.ones(h.shape[1], dtype=bool) if exclude is None else ~exclude
+    for r, rows in enumerate(idx):
+        hr = h[rows]
+        sd = hr.std(axis=0)
+        ok = (sd > 0) & keep
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.sqrt(s) * hb.mean(axis=0) / sd
-        # a resample can miss every active example (late training): no entry varies, skip it
-        fr[r] = np.mean(np.abs(z[sd > 0]) < cut) if np.any(sd > 0) else np.nan
+            z = np.sqrt(s) * hr.mean(axis=0) / sd
+        out[r] = (np.sum(ok & (np.abs(z) < cut)), np.sum(ok))
+    return out
+
+
+def fraction_std(counts: np.ndarray) -> float:
+    """Std over resamples of the fraction; a resample with no varying entry (it missed every
+    active example, late in training) is left out."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fr = counts[:, 0] / counts[:, 1]
     fr = fr[np.isfinite(fr)]
     return float(fr.std(ddof=1)) if fr.size > 1 else float("nan")
 
 
-def scaling_check(X: np.ndarray, h: np.ndarray, s: int, groups: int = 20) -> dict:
-    """Bootstrap moments against the exact predictions over S (SPEC section 4).
+def z_fraction_uncertainty(h: np.ndarray, s: int, cut: float, n_resamples: int,
+                           rng: np.random.Generator) -> float:
+    """Std of the |z| < cut fraction over bootstrap resamples of the pool rows."""
+    return fraction_std(z_resample_counts(h, s, cut, rng.integers(0, h.shape[0], (n_resamples, h.shape[0]))))
 
-    The error bar of each bootstrap estimate is the batch-means standard error over
-    `groups` groups of replicates. Returns, per moment, the fraction of entries within
-    3 error bars and the median |deviation| / error bar.
-    """
+
+def scaling_deviations(X: np.ndarray, h: np.ndarray, s: int, groups: int = 20) -> dict[str, np.ndarray]:
+    """|bootstrap moment - exact moment over S| in batch-means standard errors, per entry (finite ones)."""
     est = moments(X)
     pred = predicted_moments(h, s)
     pred["std"] = np.sqrt(pred.pop("var"))
@@ -65,7 +78,19 @@ def scaling_check(X: np.ndarray, h: np.ndarray, s: int, groups: int = 20) -> dic
         se = np.stack([p[key] for p in parts]).std(axis=0, ddof=1) / np.sqrt(groups)
         with np.errstate(divide="ignore", invalid="ignore"):
             dev = np.abs(est[key] - pred[key]) / se
-        dev = dev[np.isfinite(dev)]
+        out[key] = dev[np.isfinite(dev)]
+    return out
+
+
+def summarise_deviations(devs: dict[str, np.ndarray]) -> dict:
+    """Per moment: the fraction of entries within 3 error bars and the median deviation."""
+    out = {}
+    for key, dev in devs.items():
         out[f"{key}_within_3se"] = float(np.mean(dev < 3)) if dev.size else float("nan")
         out[f"{key}_median_dev_se"] = float(np.median(dev)) if dev.size else float("nan")
     return out
+
+
+def scaling_check(X: np.ndarray, h: np.ndarray, s: int, groups: int = 20) -> dict:
+    """Bootstrap moments against the exact predictions over S (SPEC section 4)."""
+    return summarise_deviations(scaling_deviations(X, h, s, groups))

@@ -23,6 +23,7 @@ from .correlation import standardise
 from .coupling import coupling_summary
 from .entry_blocks import (PER_ENTRY, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES, EntryBlocks,
                            EntryWork, stream)
+from .entry_stats import fraction_std, summarise_deviations
 from .fdr import StreamingBH
 from .mardia import mardia
 from .observation import Observation
@@ -105,16 +106,10 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
 
     z = np.concatenate([b["z"] for b in order])
     sc["z_fraction"] = float(np.mean(np.abs(z) < mc["z_cut"]))
-    res = np.sum([b["resample"] for b in order], axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fr = res[:, 0] / res[:, 1]
-    fr = fr[np.isfinite(fr)]  # a resample can miss every active example
-    sc["z_fraction_std"] = float(fr.std(ddof=1)) if fr.size > 1 else float("nan")
+    sc["z_fraction_std"] = fraction_std(np.sum([b["resample"] for b in order], axis=0))
     sc["z_cut"] = mc["z_cut"]
-    for key in ("mean", "std", "skew", "exkurt"):
-        dev = np.concatenate([b["devs"][key] for b in order])
-        sc[f"scaling.{key}_within_3se"] = float(np.mean(dev < 3)) if dev.size else float("nan")
-        sc[f"scaling.{key}_median_dev_se"] = float(np.median(dev)) if dev.size else float("nan")
+    devs = {key: np.concatenate([b["devs"][key] for b in order]) for key in ("mean", "std", "skew", "exkurt")}
+    sc.update({f"scaling.{k}": v for k, v in summarise_deviations(devs).items()})
 
     # Fig 6a: the same 16 cross-layer entries at every checkpoint; Figs 6b/6c: a submatrix
     reader = EntryBlocks(work)  # the driver reads a few columns only

@@ -78,6 +78,17 @@ def epoch_metrics(model, data: Dataset, lr: float) -> dict:
     return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va, "grad_norm2": g2, "omega": lr * g2}
 
 
+def record_epoch(model, data: Dataset, lr: float, epoch: int, history: dict, tracker=None) -> dict:
+    """Measure the epoch's metrics, append them to the history, log them to MLflow."""
+    metrics = epoch_metrics(model, data, lr)
+    history["epoch"].append(epoch)
+    for k in HISTORY_KEYS:
+        history[k].append(metrics[k])
+    if tracker:
+        tracker.log_metrics(metrics, step=epoch)
+    return metrics
+
+
 def write_history(store: RunStore, history: dict) -> None:
     epochs = np.asarray(history["epoch"], dtype=np.int64)
     store.write("training", "epoch", epochs, ["epoch"])
@@ -151,12 +162,7 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
                     opt.zero_grad(set_to_none=True)
                     hinge(model(data.x_train[idx]), data.y_train[idx]).mean().backward()
                     opt.step()
-            metrics = epoch_metrics(model, data, tcfg.lr)
-            history["epoch"].append(epoch)
-            for k in HISTORY_KEYS:
-                history[k].append(metrics[k])
-            if tracker:
-                tracker.log_metrics(metrics, step=epoch)
+            metrics = record_epoch(model, data, tcfg.lr, epoch, history, tracker)
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_acc']:.3f}")
             if epoch in tcfg.checkpoints:
                 saved.append(save_checkpoint(ckpt_dir / checkpoint_name(epoch), payload(epoch)))

@@ -34,7 +34,7 @@ def _loop(config: dict) -> None:
     from adaptsym.data import load_dataset
     from adaptsym.losses import hinge
     from adaptsym.models import BiasFreeNet
-    from adaptsym.train import HISTORY_KEYS, checkpoint_payload, epoch_metrics, open_run_store, write_history
+    from adaptsym.train import HISTORY_KEYS, checkpoint_payload, open_run_store, record_epoch, write_history
 
     cfg = parse_config(config["cfg"])
     name, run_dir = config["model"], Path(config["run_dir"])
@@ -81,12 +81,7 @@ def _loop(config: dict) -> None:
                 engine.backward(loss)
                 engine.step()
         if rank == 0:
-            metrics = epoch_metrics(model, data, tcfg.lr)
-            history["epoch"].append(epoch)
-            for k in HISTORY_KEYS:
-                history[k].append(metrics[k])
-            if tracker:
-                tracker.log_metrics(metrics, step=epoch)
+            metrics = record_epoch(model, data, tcfg.lr, epoch, history, tracker)
             payload = checkpoint_payload(cfg, name, data.input_shape, epoch, model.weights, {}, history,
                                          run.info.run_id if run else None,
                                          trainer={"deepspeed_zero_stage": config["zero_stage"], "workers": world})
