@@ -232,6 +232,8 @@ def correlations(work: EntryWork, executor, vidx: np.ndarray, sc: dict, progress
 def measure_hessian_entries(store, work: EntryWork, executor, n_params: int, progress: bool = False) -> Observation:
     prepare(store, work)
     computed, total = compute_h(store, work, executor, progress)
+    if not np.asarray(store.root[work.group]["tile_done"][...]).all():
+        raise TileError(f"{work.group}: some h tiles are not marked done after the tile phase")
     obs = analyse(store, work, executor, n_params, progress)
     obs.scalars.update(tiles_total=total, tiles_computed=computed)
     return obs

@@ -122,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) / f"{cfg.name}-sweep"
     out_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(out_dir / "sweep.zarr", mode="w")
-    store.write("sizes", "model", np.array(names), ["model"])
     store.write("sizes", "n_params", n, ["model"])
     for k, v in rows.items():
         store.write("sizes", k, np.nan_to_num(v, nan=-1.0), ["model"])
-    store.set_attrs({"config": config_to_dict(cfg), "fits": fits, "missing_value": -1.0, **provenance()})
+    store.set_attrs({"config": config_to_dict(cfg), "fits": fits, "models": names, "missing_value": -1.0,
+                     **provenance()})
     fig_path = out_dir / "scale_sweep.png"
     figure(fig_path, n, rows, fits)
     if tracker is not None:
