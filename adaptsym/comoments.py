@@ -89,7 +89,9 @@ class CoMomentResult:
 
 def comoment(X: np.ndarray, h: np.ndarray, order: int, per_entry: int, rng: np.random.Generator,
              method: str = "fdr", q: float = 0.05, threshold: float = 0.1) -> CoMomentResult:
-    """Co-skewness (order 3) or excess co-kurtosis (order 4) of the columns of X (B, K) and h (n, K)."""
+    """Co-skewness (order 3) or excess co-kurtosis (order 4) of the columns of X (B, K) and h (n, K).
+
+    The in-memory reference of what the measurement does in blocks of tuples (same functions)."""
     if order not in (3, 4):
         raise ValueError("order must be 3 (co-skewness) or 4 (co-kurtosis)")
     K = X.shape[1]

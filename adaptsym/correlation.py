@@ -57,7 +57,11 @@ class CorrelationResult:
 
 def coupling_counts(Z: np.ndarray, n_pool: int, method: str = "fdr", q: float = 0.05,
                     threshold: float = 0.1, block: int = 1024) -> CorrelationResult:
-    """Per-entry counts of non-zero correlations, streaming over tiles of standardised Z (rows, K)."""
+    """Per-entry counts of non-zero correlations, streaming over tiles of standardised Z (rows, K).
+
+    The in-memory reference: the measurement itself runs the same tiles from zarr on an executor
+    (`hessian_entries.correlations`), and the tests check it against this function, which they
+    check against scipy's BH on the full matrix."""
     K = Z.shape[1]
     counts = np.zeros(K, dtype=np.int64)
     abs_sum, m = 0.0, 0
@@ -98,9 +102,3 @@ def coupling_counts(Z: np.ndarray, n_pool: int, method: str = "fdr", q: float = 
         np.add.at(counts, b[hit], 1)
     m = bh.m
     return CorrelationResult(counts, m, int(counts.sum() // 2), z_star, abs_sum / max(m, 1))
-
-
-def submatrix(Z: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random size x size correlation submatrix (Figs 6b/6c) and the entries it uses."""
-    idx = np.sort(rng.choice(Z.shape[1], size=min(size, Z.shape[1]), replace=False))
-    return Z[:, idx].T @ Z[:, idx] / Z.shape[0], idx

@@ -28,7 +28,7 @@ from .bootstrap import multinomial_counts, predicted_moments, replicates
 from .comoments import tuple_statistics
 from .correlation import fisher_abs_z, standardise
 from .entries import EntryDesign
-from .entry_stats import moments, scaling_deviations, z_resample_counts
+from .entry_stats import moments, scaling_deviations, valid_entries, z_resample_counts
 from .fdr import StreamingBH
 from .indexing import ParamIndex
 
@@ -152,7 +152,7 @@ class EntryBlocks:
         a0, a1 = w.entry_range(ai)
         hb = np.asarray(self.group["h"][:, a0:a1])
         sz = w.design.structural_zero[a0:a1]
-        valid = ~sz & (hb.std(axis=0) > 0)
+        valid = valid_entries(hb, sz)
         X = replicates(hb, self.counts, w.s)
         est, pred = moments(X), predicted_moments(hb, w.s)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -23,7 +23,7 @@ from .correlation import standardise
 from .coupling import coupling_summary
 from .entry_blocks import (PER_ENTRY, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES, EntryBlocks,
                            EntryWork, stream)
-from .entry_stats import fraction_std, summarise_deviations
+from .entry_stats import fraction_std, summarise_deviations, z_fraction
 from .fdr import StreamingBH
 from .mardia import mardia
 from .observation import Observation
@@ -105,7 +105,7 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
         return obs
 
     z = np.concatenate([b["z"] for b in order])
-    sc["z_fraction"] = float(np.mean(np.abs(z) < mc["z_cut"]))
+    sc["z_fraction"] = z_fraction(z, mc["z_cut"])
     sc["z_fraction_std"] = fraction_std(np.sum([b["resample"] for b in order], axis=0))
     sc["z_cut"] = mc["z_cut"]
     devs = {key: np.concatenate([b["devs"][key] for b in order]) for key in ("mean", "std", "skew", "exkurt")}
