@@ -3,9 +3,8 @@
 The random variable is H_a(S) = (1/s) sum_{k in S} h[k, a], S drawn from the pool with
 replacement. With C the (B, n) multinomial count matrix (each row sums to s), all B
 replicates are one matrix product X = C h / s. `replicates_direct` recomputes each
-replicate from the network (verification only). `predicted_moments` gives the exact
-moments over S from the pool: mean = mean_k h, var = var_k / s, skewness = skew_k / sqrt(s),
-excess kurtosis = exkurt_k / s.
+replicate from the network (verification only). The exact moments over S that the
+replicates must reproduce are `entry_stats.predicted_moments`.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .config import ConfigError
 from .hvp import PoolHessian
 
 
@@ -23,7 +23,7 @@ def multinomial_counts(n: int, s: int, n_rep: int, rng: np.random.Generator) -> 
 
 def check_pool(n: int, s: int) -> None:
     if s > n:
-        raise ValueError(f"minibatch size s={s} exceeds the pool size n={n}; raise measure.pool_size "
+        raise ConfigError(f"minibatch size s={s} exceeds the pool size n={n}; raise measure.pool_size "
                          f"or lower measure.minibatch")
 
 
@@ -42,11 +42,3 @@ def replicates_direct(plan, weights, x, y, rows, cols, row_pos, col_pos, counts:
         block = cols_h[rows_t].detach().cpu().double().numpy()
         out[b] = block[row_pos, col_pos]
     return out
-
-
-def predicted_moments(h: np.ndarray, s: int) -> dict[str, np.ndarray]:
-    """Exact mean, variance, skewness and excess kurtosis of H_a(S) from the pool h (n, K)."""
-    from .entry_stats import moments
-
-    m = moments(h)
-    return {"mean": m["mean"], "var": m["std"] ** 2 / s, "skew": m["skew"] / np.sqrt(s), "exkurt": m["exkurt"] / s}

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelSpec
+from .errors import UserFacingError
 from .models import BiasFreeNet
 
 FORMAT = "adaptsym-checkpoint"
@@ -24,7 +25,7 @@ VERSION = 1
 REQUIRED = ("format", "version", "model_spec", "input_shape", "epoch", "weights")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserFacingError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 

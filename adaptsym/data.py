@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .config import DataSpec, ModelSpec
+from .errors import UserFacingError
 
 CIFAR_DIRNAME = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -32,7 +33,7 @@ CIFAR_HOWTO = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(UserFacingError, RuntimeError):
     """A data set that cannot be loaded; the message says where we looked and what to do."""
 
 

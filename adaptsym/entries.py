@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import DesignSpec
+from .errors import UserFacingError
 from .indexing import ParamIndex
 
 
-class DesignError(ValueError):
+class DesignError(UserFacingError, ValueError):
     """A design that asks for something impossible; the message says what is available."""
 
 
@@ -83,13 +84,19 @@ def _uniform_distinct(rng: np.random.Generator, index: ParamIndex, k: int, strat
     return np.sort(np.concatenate(picks))
 
 
+def block_entries(index: ParamIndex, rows, cols) -> EntryDesign:
+    """All entries of rows x columns (given global indices, kept in their order), column-major."""
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    cp, rp = np.meshgrid(np.arange(len(cols)), np.arange(len(rows)), indexing="ij")
+    rp, cp = rp.ravel(), cp.ravel()
+    return EntryDesign("block", rows, cols, rp, cp, index.layer_of(rows[rp]), index.layer_of(cols[cp]))
+
+
 def block_design(index: ParamIndex, n_rows: int, n_cols: int, rng: np.random.Generator,
                  stratify: bool = True) -> EntryDesign:
     rows = _uniform_distinct(rng, index, n_rows, stratify, "rows")
     cols = _uniform_distinct(rng, index, n_cols, stratify, "columns")
-    cp, rp = np.meshgrid(np.arange(n_cols), np.arange(n_rows), indexing="ij")  # column-major
-    rp, cp = rp.ravel(), cp.ravel()
-    return EntryDesign("block", rows, cols, rp, cp, index.layer_of(rows[rp]), index.layer_of(cols[cp]))
+    return block_entries(index, rows, cols)
 
 
 def pairs_design(index: ParamIndex, n_pairs: int, rng: np.random.Generator, stratify: bool = True) -> EntryDesign:

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import zarr
 
-from .bootstrap import multinomial_counts, predicted_moments, replicates
+from .bootstrap import multinomial_counts, replicates
 from .comoments import tuple_statistics
 from .correlation import fisher_abs_z, standardise
 from .entries import EntryDesign
-from .entry_stats import moments, scaling_deviations, valid_entries, z_resample_counts
+from .entry_stats import moments, predicted_moments, scaling_deviations, valid_entries, z_resample_counts
 from .fdr import StreamingBH
 from .indexing import ParamIndex
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bootstrap import predicted_moments
-
 
 def moments(X: np.ndarray) -> dict[str, np.ndarray]:
     """Mean, std, skewness and excess kurtosis of each column of X (B, K)."""
@@ -22,6 +20,13 @@ def moments(X: np.ndarray) -> dict[str, np.ndarray]:
         skew = (d**3).mean(axis=0) / m2**1.5
         exkurt = (d**4).mean(axis=0) / m2**2 - 3.0
     return {"mean": mean, "std": np.sqrt(m2), "skew": skew, "exkurt": exkurt}
+
+
+def predicted_moments(h: np.ndarray, s: int) -> dict[str, np.ndarray]:
+    """Exact moments of H_a(S) over S from the pool h (n, K): mean = mean_k h, var = var_k / s,
+    skewness = skew_k / sqrt(s), excess kurtosis = exkurt_k / s (SPEC section 4)."""
+    m = moments(h)
+    return {"mean": m["mean"], "var": m["std"] ** 2 / s, "skew": m["skew"] / np.sqrt(s), "exkurt": m["exkurt"] / s}
 
 
 def valid_entries(h: np.ndarray, structural_zero: np.ndarray) -> np.ndarray:

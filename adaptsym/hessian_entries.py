@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bootstrap import check_pool, replicates
+from .bootstrap import replicates
 from .comoments import decide, sample_tuples
 from .correlation import standardise
 from .coupling import coupling_summary
 from .entry_blocks import (PER_ENTRY, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES, EntryBlocks,
                            EntryWork, stream)
 from .entry_stats import fraction_std, summarise_deviations, z_fraction
+from .errors import UserFacingError
 from .fdr import StreamingBH
 from .mardia import mardia
 from .observation import Observation
@@ -32,11 +33,11 @@ MIN_VALID = 8  # entries that vary over the pool, below which statistics are ski
 NAME = "hessian_entries"
 
 
-class NonFiniteEntryError(FloatingPointError):
+class NonFiniteEntryError(UserFacingError, FloatingPointError):
     """A Hessian entry came out NaN or infinite; the message names it."""
 
 
-class TileError(RuntimeError):
+class TileError(UserFacingError, RuntimeError):
     """A tile failed repeatedly; the message names it and the last error."""
 
 
@@ -83,7 +84,6 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
     """All statistics of SPEC section 4 from the stored h, block by block on the executor."""
     mc, d = work.mcfg, work.design
     n, K, s = work.n, d.n_entries, work.s
-    check_pool(n, s)
     obs = Observation(NAME)
     sc = obs.scalars
     na = -(-K // work.entry_chunk)

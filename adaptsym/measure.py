@@ -13,6 +13,7 @@ their finished h tiles are kept and only the missing tiles are computed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .config import RunConfig, parse_config
+from .bootstrap import check_pool
+from .config import ConfigError, RunConfig, parse_config
 from .data import load_dataset
-from .entries import make_design
+from .entries import EntryDesign, make_design
+from .indexing import ParamIndex
 from .entry_blocks import EntryWork
 from .executor import LocalExecutor
 from .circuits import measure_circuits
@@ -59,14 +62,14 @@ def available_epochs(run_dir: Path) -> list[int]:
 
 def select_pool(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if size > len(x):
-        raise ValueError(f"measure.pool_size={size} exceeds the {len(x)} training examples; lower it")
+        raise ConfigError(f"measure.pool_size={size} exceeds the {len(x)} training examples; lower it")
     perm = np.random.default_rng(np.random.SeedSequence([seed, 0xB00])).permutation(len(x))[:size]
     idx = torch.as_tensor(np.sort(perm), device=x.device)
     return x[idx], y[idx]
 
 
 def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: int, store: RunStore, group: str,
-                       executor, progress: bool = False) -> list:
+                       executor, design: EntryDesign, progress: bool = False) -> list:
     """Every observable the measure config asks for, at one checkpoint's model."""
     mcfg = cfg.measure
     want = set(mcfg.observables)
@@ -78,7 +81,7 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
     if "gradients" in want:
         out.append(measure_gradients(op, cfg.train.lr))
     if "hessian_entries" in want:
-        work = EntryWork(str(store.path), f"{group}/hessian_entries", make_design(mcfg.design, model.index, cfg.seed),
+        work = EntryWork(str(store.path), f"{group}/hessian_entries", design,
                          mcfg.model_dump(mode="json"), s, cfg.seed, epoch, ckpt["model_spec"],
                          tuple(ckpt["input_shape"]), [w.detach().cpu() for w in ckpt["weights"]],
                          x.detach().cpu(), y.detach().cpu())
@@ -96,6 +99,7 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
                 progress: bool = True, executor=None) -> MeasureResult:
     """Measure the run's checkpoints; `executor` runs the Hessian-entry blocks (default: in process)."""
     run_dir = Path(run_dir)
+    RunStore.for_run(run_dir, mode="r")  # a wrong path fails here, creating nothing
     store = RunStore.for_run(run_dir)
     root = store.attrs()
     if "config" not in root:
@@ -114,15 +118,18 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
     data = load_dataset(cfg.data, cfg.seed).to(device, dtype)
     x, y = select_pool(data.x_train, data.y_train, mcfg.pool_size, cfg.seed)
     s = mcfg.minibatch or cfg.train.batch_size
+    # everything a bad config can break is checked before any checkpoint group is touched
+    check_pool(len(x), s)
+    index = ParamIndex(tuple(tuple(int(d) for d in shape) for shape in root["layer_shapes"]))
+    design = make_design(mcfg.design, index, cfg.seed)  # the same entries at every checkpoint
     mconf = mcfg.model_dump(mode="json")
     result = MeasureResult(store.path, list(wanted))
 
     model_name = root.get("model_name", run_dir.name)
     ctx = tracker.run(f"measure-{run_dir.name}", params={"measure": mconf, "run_dir": str(run_dir)},
                       tags={"kind": "measure", "model": model_name, "zarr_path": store.path.resolve()}) \
-        if tracker else None
-    mlrun = ctx.__enter__() if ctx else None
-    try:
+        if tracker else contextlib.nullcontext()
+    with ctx as mlrun:
         result.mlflow_run_id = mlrun.info.run_id if mlrun else None
         for epoch in tqdm(wanted, desc=f"measure {run_dir.name}", disable=not progress, unit="ckpt"):
             group = checkpoint_group(epoch)
@@ -133,15 +140,16 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
                     and state.get("checkpoint_sha256") == digest:
                 result.scalars[epoch] = state.get("scalars", {})
                 continue
+            t0 = time.perf_counter()
+            ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # a bad file fails before the store is touched
             if state.get("measure_config") != mconf or state.get("checkpoint_sha256") != digest:
                 store.reset_group(group)  # stale or new: from scratch
             # else: an interrupted measurement of the same checkpoint and config: finished tiles are kept
             store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest, "complete": False},
                             group=group)
-            t0 = time.perf_counter()
-            ckpt = load_checkpoint(ckpt_path, map_location="cpu")
             model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
-            observations = measure_checkpoint(model, ckpt, x, y, cfg, s, epoch, store, group, executor, progress)
+            observations = measure_checkpoint(model, ckpt, x, y, cfg, s, epoch, store, group, executor, design,
+                                              progress)
             metrics = {}
             for obs in observations:
                 obs.write(store, group)
@@ -156,11 +164,4 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
                 tracker.log_metrics(metrics, step=epoch)
         if tracker:
             store.set_attrs({"measure_mlflow_run_id": result.mlflow_run_id})
-    except BaseException as exc:
-        if ctx:
-            ctx.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    else:
-        if ctx:
-            ctx.__exit__(None, None, None)
     return result

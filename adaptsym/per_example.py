@@ -54,27 +54,17 @@ def per_example_gradients(plan, weights, x, y, rows: Sequence[int]) -> torch.Ten
 
 
 def per_example_entries(plan, weights, x, y, rows: Sequence[int], cols: Sequence[int],
-                        example_chunk: int = 256, column_chunk: int = 8, progress: bool = False,
-                        out: np.ndarray | None = None) -> np.ndarray:
+                        example_chunk: int = 256, column_chunk: int = 8, progress: bool = False) -> np.ndarray:
     """h[k, i, j] for rows I and columns J over all examples: a (n, |I|, |J|) float64 array.
 
-    Memory is bounded by one (example_chunk x column_chunk) tile whatever n and N are.
+    The entries of the block design I x J (`design_entries`), reshaped; memory is bounded by one
+    (example_chunk x column_chunk) tile whatever n and N are.
     """
-    weights = tuple(w.detach() for w in weights)
-    index = ParamIndex.from_weights(weights)
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = np.asarray(cols, dtype=np.int64)
-    sel = RowSelection.build(rows, index, [tuple(w.shape) for w in weights], device=weights[0].device)
-    row_grad = _row_grad_fn(plan, sel)
-    n = len(x)
-    if out is None:
-        out = np.empty((n, len(rows), len(cols)), dtype=np.float64)
-    tiles = [(i, j) for i in range(0, n, example_chunk) for j in range(0, len(cols), column_chunk)]
-    for i, j in tqdm(tiles, desc="per-example entries", disable=not progress, unit="tile"):
-        out[i : i + example_chunk, :, j : j + column_chunk] = entries_tile(
-            row_grad, sel, index, weights, x[i : i + example_chunk], y[i : i + example_chunk],
-            cols[j : j + column_chunk])
-    return out
+    from .entries import block_entries
+
+    design = block_entries(ParamIndex.from_weights(weights), rows, cols)
+    h = design_entries(plan, weights, x, y, design, example_chunk, column_chunk, progress)
+    return h.reshape(len(x), len(design.cols), len(design.rows)).transpose(0, 2, 1)
 
 
 def design_tile(plan, weights, index: ParamIndex, design, xb, yb, a0: int, a1: int) -> np.ndarray:

@@ -36,7 +36,7 @@ class _Reader:
         self.groups = [g for g in store.checkpoint_groups() if store.is_complete(g)]
         self.epochs = [int(g.split("_")[1]) for g in self.groups]
 
-    def series(self, obs: str, name: str, need_all: bool = False) -> tuple[list[int], list[np.ndarray]]:
+    def series(self, obs: str, name: str) -> tuple[list[int], list[np.ndarray]]:
         eps, vals = [], []
         for e, g in zip(self.epochs, self.groups):
             if self.store.has(f"{g}/{obs}", name):

@@ -19,7 +19,13 @@ from typing import Sequence
 import numpy as np
 import zarr
 
+from .errors import UserFacingError
+
 STORE_NAME = "results.zarr"
+
+
+class StoreError(UserFacingError, FileNotFoundError):
+    """No zarr store where one was expected."""
 
 
 def checkpoint_group(epoch: int) -> str:
@@ -44,7 +50,7 @@ class RunStore:
     def __init__(self, path: str | os.PathLike, mode: str = "a"):
         self.path = Path(path)
         if mode == "r" and not self.path.exists():
-            raise FileNotFoundError(f"no zarr store at {self.path}; run `adaptsym train`/`measure` first")
+            raise StoreError(f"no zarr store at {self.path}; run `adaptsym train`/`measure` first")
         self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
 
     @classmethod

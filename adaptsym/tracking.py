@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserFacingError
+
 
 def tracking_uri(runs_root: str | os.PathLike) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -24,7 +26,7 @@ def tracking_uri(runs_root: str | os.PathLike) -> str:
     return f"sqlite:///{(Path(runs_root) / 'mlflow.db').resolve()}"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserFacingError, RuntimeError):
     """The MLflow tracking server cannot be reached; the message names it."""
 
 

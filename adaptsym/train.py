@@ -8,6 +8,7 @@ training set, and Omega = lr ||grad R||^2 (SPEC section 3, Fig 4b).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
     saved: list[Path] = sorted(ckpt_dir.glob("epoch_*.pt"))
     ctx = tracker.run(f"train-{cfg.name}-{model_name}", params=cfg_dict,
                       tags={"kind": "train", "model": model_name, "zarr_path": store.path.resolve()},
-                      run_id=mlflow_run_id) if tracker else _null()
+                      run_id=mlflow_run_id) if tracker else contextlib.nullcontext()
     with ctx as mlrun:
         if mlrun is not None:
             mlflow_run_id = mlrun.info.run_id
@@ -172,10 +173,3 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
     store.set_attrs({"train_mlflow_run_id": mlflow_run_id})
     return TrainResult(run_dir, sorted(set(saved)), history, mlflow_run_id)
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False

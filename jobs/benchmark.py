@@ -116,7 +116,6 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
 def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
     """Tile throughput of 2 actors over 1 (torch threads 1 per actor), and the fraction of the
     distributed Hessian-entry measurement's wall time spent outside actor computation."""
-    from adaptsym.checkpoint import model_from_checkpoint  # noqa: F401  (actors import it)
     from adaptsym.entries import make_design
     from adaptsym.entry_blocks import EntryWork
     from adaptsym.hessian_entries import analyse, compute_h, prepare

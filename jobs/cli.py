@@ -10,9 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from adaptsym.checkpoint import CheckpointError
 from adaptsym.config import ConfigError, load_config
-from adaptsym.data import DataError
+from adaptsym.errors import UserFacingError
 
 
 def _models(cfg, chosen: str | None) -> list[str]:
@@ -186,14 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except UserFacingError as exc:
         print(f"adaptsym: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if type(exc).__name__ in ("ClusterError", "TileError", "NonFiniteEntryError", "DesignError", "TrackingError"):
-            print(f"adaptsym: error: {exc}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -23,14 +23,14 @@ EXCLUDES = [".venv", "runs", ".git", "*.db", "mlartifacts", "__pycache__", ".pyt
 
 
 def _validate(job: str, job_args: list[str]) -> None:
-    from adaptsym.config import load_config
+    from adaptsym.config import ConfigError, load_config
 
     if job not in JOBS:
-        raise ValueError(f"unknown job {job!r}; choose one of {', '.join(JOBS)}")
+        raise ConfigError(f"unknown job {job!r}; choose one of {', '.join(JOBS)}")
     if "--config" in job_args:
         i = job_args.index("--config")
         if i + 1 >= len(job_args):
-            raise ValueError("--config needs a file")
+            raise ConfigError("--config needs a file")
         load_config(job_args[i + 1])  # raises ConfigError naming the bad key
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import socket
 
+from adaptsym.errors import UserFacingError
+
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserFacingError, RuntimeError):
     """The Ray cluster cannot be used; the message says what to do."""
 
 

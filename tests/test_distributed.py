@@ -1,6 +1,7 @@
 """Distributed measurement on a real local Ray cluster (2 CPUs, token auth): equal results,
 a killed actor, a killed driver, a tile that keeps failing, an address that does not answer."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,24 +67,28 @@ def assert_same(ref_dir, ref_scalars, run_dir, scalars):
             assert np.isclose(v, sb[k], rtol=1e-9, atol=1e-12, equal_nan=True), (epoch, k, v, sb[k])
 
 
-def test_distributed_equals_single_process(ray_cluster, reference, tmp_path):
+@contextlib.contextmanager
+def ray_executor(**kwargs):
     from services.executor import RayExecutor
 
+    ex = RayExecutor(threads_per_actor=1, **kwargs)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def test_distributed_equals_single_process(ray_cluster, reference, tmp_path):
     cfg, ref_dir, ref = reference
     run_dir = fresh_copy(ref_dir, tmp_path)
-    ex = RayExecutor(threads_per_actor=1)
-    try:
+    with ray_executor() as ex:
         info = ex.info()
         assert len(info) == 2 and all(i["device"] == "cpu" and i["threads"] == 1 for i in info)
         res = measure_run(run_dir, cfg=cfg, progress=False, executor=ex)
-    finally:
-        ex.close()
     assert_same(ref_dir, ref.scalars, run_dir, res.scalars)
 
 
 def test_killed_actor_changes_nothing(ray_cluster, reference, tmp_path):
-    from services.executor import RayExecutor
-
     cfg, ref_dir, ref = reference
     run_dir = fresh_copy(ref_dir, tmp_path)
     killed = []
@@ -94,12 +99,9 @@ def test_killed_actor_changes_nothing(ray_cluster, reference, tmp_path):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    ex = RayExecutor(threads_per_actor=1, on_progress=kill_one)
-    try:
+    with ray_executor(on_progress=kill_one) as ex:
         res = measure_run(run_dir, cfg=cfg, progress=False, executor=ex)
         assert killed and killed[0] not in ex.actor_pids()  # the actor was restarted
-    finally:
-        ex.close()
     assert_same(ref_dir, ref.scalars, run_dir, res.scalars)
 
 
@@ -137,12 +139,9 @@ def test_killed_driver_then_rerun_computes_only_missing_tiles(ray_cluster, refer
 
 
 def test_tile_failing_repeatedly_stops_with_its_name_and_resumes(ray_cluster, reference, tmp_path):
-    from services.executor import RayExecutor
-
     cfg, ref_dir, ref = reference
     run_dir = fresh_copy(ref_dir, tmp_path)
-    ex = RayExecutor(threads_per_actor=1, max_tile_retries=2)
-    try:
+    with ray_executor(max_tile_retries=2) as ex:
         measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
         store = RunStore.for_run(run_dir)
         store.mark_complete("epoch_0001", False)
@@ -157,8 +156,6 @@ def test_tile_failing_repeatedly_stops_with_its_name_and_resumes(ray_cluster, re
         chunk.unlink()  # repair: drop the bad chunk and mark its tile unfinished
         done[0, 1] = 0
         res = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
-    finally:
-        ex.close()
     assert res.scalars[1]["hessian_entries.tiles_computed"] == 1
     assert_same(ref_dir, {1: ref.scalars[1]}, run_dir, res.scalars)
 

@@ -46,7 +46,7 @@ def test_measure_writes_zarr_and_mlflow(trained, tmp_path):
                     "hessian_entries.corr.exponent_std"):
             assert np.isfinite(sc[key]), key
         h = ds["h"].values
-        # the stored mean equals the bootstrap of the stored h to Monte Carlo precision
+        # structural zeros are exactly 0; the exact mean over S is the pool mean of the stored h
         valid = ds["valid"].values
         assert np.all(h[:, ds["structural_zero"].values] == 0)
         np.testing.assert_allclose(ds["pred_mean"].values[valid], h[:, valid].mean(0))
@@ -121,20 +121,31 @@ def test_unknown_checkpoint_is_named(trained):
         measure_run(run_dir, cfg=cfg, epochs=[7], progress=False)
 
 
+def _rejected_without_touching_results(run_dir, cfg, bad, error, match):
+    measure_run(run_dir, cfg=cfg, epochs=[0], progress=False)
+    store = RunStore.for_run(run_dir)
+    before = store.read("epoch_0000/hessian_entries", "h")
+    with pytest.raises(error, match=match):
+        measure_run(run_dir, cfg=bad, epochs=[0], progress=False)
+    # a config rejected up front leaves the finished measurement as it was
+    assert store.is_complete("epoch_0000")
+    np.testing.assert_array_equal(store.read("epoch_0000/hessian_entries", "h"), before)
+
+
 def test_design_larger_than_network(trained):
     cfg, run_dir = trained
     bad = cfg.model_copy(deep=True)
     bad.measure.design.rows = 10_000
-    with pytest.raises(DesignError, match="only 224 parameters"):
-        measure_run(run_dir, cfg=bad, epochs=[0], progress=False)
+    _rejected_without_touching_results(run_dir, cfg, bad, DesignError, "only 224 parameters")
 
 
 def test_pool_smaller_than_minibatch(trained):
+    from adaptsym.config import ConfigError
+
     cfg, run_dir = trained
     bad = cfg.model_copy(deep=True)
     bad.measure.minibatch = 500
-    with pytest.raises(ValueError, match="exceeds"):
-        measure_run(run_dir, cfg=bad, epochs=[0], progress=False)
+    _rejected_without_touching_results(run_dir, cfg, bad, ConfigError, "minibatch size s=500 exceeds the pool size")
 
 
 def test_non_finite_entry_is_named_and_nothing_is_marked_complete(trained, tmp_path):
@@ -168,3 +179,6 @@ def test_cli_train_and_measure(tmp_path, capsys):
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "train: unknown key 'epochz'" in err and "epochs" in err
+    assert main(["measure", "--run", str(tmp_path / "nowhere"), "--no-mlflow"]) == 2
+    assert "no zarr store" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()  # a failed command leaves nothing behind

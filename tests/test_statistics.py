@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from adaptsym.bootstrap import check_pool, multinomial_counts, predicted_moments, replicates, replicates_direct
+from adaptsym.bootstrap import check_pool, multinomial_counts, replicates, replicates_direct
 from adaptsym.comoments import comoment, sample_tuples
 from adaptsym.correlation import coupling_counts, fisher_abs_z, standardise
 from adaptsym.coupling import coupling_summary, log_partner_tuples
 from adaptsym.entries import block_design
-from adaptsym.entry_stats import moments, scaling_check, z_fraction_uncertainty
+from adaptsym.entry_stats import moments, predicted_moments, scaling_check, z_fraction_uncertainty
 from adaptsym.fdr import StreamingBH, bh_reject, two_sided_p
 from adaptsym.mardia import mardia
 from adaptsym.per_example import design_entries
