@@ -5,9 +5,10 @@ uniform among the other entries (distinct). With z the standardised variables,
   kappa3(a,b,c)   = E[z_a z_b z_c],
   kappa4(a,b,c,d) = E[z_a z_b z_c z_d] - rho_ab rho_cd - rho_ac rho_bd - rho_ad rho_bc.
 The reported values are over the bootstrap replicates (they scale as 1/sqrt(s) and 1/s).
-The non-zero test uses the n pool examples: t = mean of the pool products (less the
-rho-terms) over (sample std of the products / sqrt(n)), two-sided normal, and
-Benjamini-Hochberg over all sampled tuples of one order.
+The non-zero test uses the n pool examples: the studentised sum of the pool products taken
+about their null value (0 for order 3, the rho-terms for order 4), T = sum x / sqrt(sum x^2)
+(`nonzero.py`), and Benjamini-Hochberg over all sampled tuples of one order. The number of pool
+examples on which every member of a tuple is non-zero is kept per tuple (`tuple_active`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .correlation import standardise
-from .fdr import bh_reject, two_sided_p
+from .fdr import bh_reject, pvalue
+from .nonzero import self_normalised
 
 
 def sample_tuples(K: int, per_entry: int, order: int, rng: np.random.Generator) -> np.ndarray:
@@ -38,17 +40,25 @@ def sample_tuples(K: int, per_entry: int, order: int, rng: np.random.Generator) 
 
 
 def _values(Z: np.ndarray, tup: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over rows of Z of the tuple products, and their sample std (ddof=1)."""
+    """Mean over rows of Z of the tuple products, and the mean of their squares."""
     mean = np.empty(len(tup))
-    sd = np.empty(len(tup))
+    msq = np.empty(len(tup))
     for i in range(0, len(tup), chunk):
         t = tup[i : i + chunk]
         prod = Z[:, t[:, 0]].copy()
         for j in range(1, t.shape[1]):
             prod *= Z[:, t[:, j]]
         mean[i : i + chunk] = prod.mean(axis=0)
-        sd[i : i + chunk] = prod.std(axis=0, ddof=1)
-    return mean, sd
+        msq[i : i + chunk] = np.square(prod).mean(axis=0)
+    return mean, msq
+
+
+def tuple_active(active: np.ndarray, tup: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Per tuple, the number of rows of the boolean (n, *) `active` where every member is True."""
+    out = np.empty(len(tup), dtype=np.int64)
+    for i in range(0, len(tup), chunk):
+        out[i : i + chunk] = np.all(active[:, tup[i : i + chunk]], axis=2).sum(axis=0)
+    return out
 
 
 def _rho_terms(Z: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -57,23 +67,30 @@ def _rho_terms(Z: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def tuple_statistics(Zx: np.ndarray, Zh: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bootstrap value, pool value, pool t-statistic) of each tuple; Zx, Zh standardised columns."""
+    """(bootstrap value, pool value, pool studentised sum T) of each tuple; Zx, Zh standardised columns.
+
+    The pool products x_k are taken about the null value r (0, or the rho-terms for order 4):
+    sum x = n (mean - r), sum x^2 = n (mean of squares - 2 r mean + r^2)."""
     order, n = tup.shape[1], Zh.shape[0]
     value, _ = _values(Zx, tup)
-    pool, sd = _values(Zh, tup)
+    mean, msq = _values(Zh, tup)
+    null = np.zeros(len(tup))
     if order == 4:
         for i in range(0, len(tup), 4096):
             t = tup[i : i + 4096]
             value[i : i + 4096] -= _rho_terms(Zx, t)
-            pool[i : i + 4096] -= _rho_terms(Zh, t)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tstat = np.where(sd > 0, pool / (sd / np.sqrt(n)), 0.0)
-    return value, pool, tstat
+            null[i : i + 4096] = _rho_terms(Zh, t)
+    pool = mean - null
+    sumsq = np.maximum(msq - 2 * null * mean + null * null, 0.0)
+    return value, pool, self_normalised(np.sqrt(n) * pool, sumsq)
 
 
-def decide(value: np.ndarray, tstat: np.ndarray, method: str, q: float, threshold: float) -> np.ndarray:
-    """Non-zero decisions: BH over all tuples at level q, or |value| >= threshold."""
-    return bh_reject(two_sided_p(tstat), q) if method == "fdr" else np.abs(value) >= threshold
+def decide(value: np.ndarray, tstat: np.ndarray, method: str, q: float, threshold: float,
+           pvalue_kind: str = "normal", fdr: str = "bh") -> np.ndarray:
+    """Non-zero decisions: BH (or BY) over all tuples at level q, or |value| >= threshold."""
+    if method == "fdr":
+        return bh_reject(pvalue(tstat, pvalue_kind), q, fdr)
+    return np.abs(value) >= threshold
 
 
 @dataclass
@@ -82,13 +99,15 @@ class CoMomentResult:
     tuples: np.ndarray  # (T, order)
     value: np.ndarray  # bootstrap estimate per tuple
     pool_value: np.ndarray  # the same on the pool (scale s times larger, t-stat from it)
-    tstat: np.ndarray
+    tstat: np.ndarray  # studentised sum T on the pool
+    active: np.ndarray  # pool examples on which every member is non-zero
     nonzero: np.ndarray  # decision per tuple
     counts: np.ndarray  # per entry: non-zero tuples among its per_entry
 
 
 def comoment(X: np.ndarray, h: np.ndarray, order: int, per_entry: int, rng: np.random.Generator,
-             method: str = "fdr", q: float = 0.05, threshold: float = 0.1) -> CoMomentResult:
+             method: str = "fdr", q: float = 0.05, threshold: float = 0.1, pvalue_kind: str = "normal",
+             fdr: str = "bh") -> CoMomentResult:
     """Co-skewness (order 3) or excess co-kurtosis (order 4) of the columns of X (B, K) and h (n, K).
 
     The in-memory reference of what the measurement does in blocks of tuples (same functions)."""
@@ -97,5 +116,6 @@ def comoment(X: np.ndarray, h: np.ndarray, order: int, per_entry: int, rng: np.r
     K = X.shape[1]
     tup = sample_tuples(K, per_entry, order, rng)
     value, pool, tstat = tuple_statistics(standardise(X), standardise(h), tup)
-    nonzero = decide(value, tstat, method, q, threshold)
-    return CoMomentResult(order, tup, value, pool, tstat, nonzero, nonzero.reshape(K, per_entry).sum(axis=1))
+    nonzero = decide(value, tstat, method, q, threshold, pvalue_kind, fdr)
+    return CoMomentResult(order, tup, value, pool, tstat, tuple_active(h != 0, tup), nonzero,
+                          nonzero.reshape(K, per_entry).sum(axis=1))

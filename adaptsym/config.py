@@ -144,8 +144,13 @@ class MeasureSpec(_Strict):
     design: DesignSpec = Field(default_factory=DesignSpec)
     replicates: int = Field(default=1000, gt=1)  # B bootstrap replicates
     fdr_q: float = Field(default=0.05, gt=0, lt=1)
-    # Non-zero test: 'fdr' (Benjamini-Hochberg on n-based standard errors) or 'threshold'.
+    # Non-zero test: 'fdr' (studentised product sums over the pool, false discovery rate control) or
+    # 'threshold' (|value| >= threshold).
     nonzero: Literal["fdr", "threshold"] = "fdr"
+    # p-value of the studentised sum: 'normal' tail, or 'bound' (3.18 x normal: exact for symmetric products).
+    pvalue: Literal["normal", "bound"] = "normal"
+    # 'bh' Benjamini-Hochberg, or 'by' Benjamini-Yekutieli (any dependence; much less power).
+    fdr: Literal["bh", "by"] = "bh"
     threshold: float = Field(default=0.1, gt=0)  # |value| threshold when nonzero=threshold
     z_cut: float = Field(default=0.15, gt=0)  # Fig 7b: fraction of |mean/std| below this
     tuples_per_entry: int = Field(default=64, gt=0)  # sampled triples/quadruples per entry

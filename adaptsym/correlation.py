@@ -2,12 +2,13 @@
 
 rho_ab is the correlation of H_a(S) and H_b(S). Over S it equals exactly the correlation of
 h[:, a] and h[:, b] over the pool (covariances all scale as 1/s), which is the B -> infinity
-limit of the bootstrap estimate; the tests are made on it, since the bootstrap's Monte Carlo
-noise (~1/sqrt(B)) would inflate Fisher's z. The K x K matrix is never held: columns are
-standardised once, and (block x block) tiles Z_i^T Z_j / rows are computed, tested and
-dropped. The non-zero test is Fisher's z with n - 3 (n pool examples, never B), and
-Benjamini-Hochberg over all K (K-1) / 2 pairs uses `StreamingBH` (two passes over the
-tiles). The coupling count C_a = #{b != a: rho_ab != 0}.
+limit of the bootstrap estimate; the tests are made on the pool (n independent examples, never
+the B replicates). The K x K matrix is never held: pool columns are standardised once, and
+(block x block) tiles are computed, tested and dropped. The non-zero test is the studentised
+product sum T_ab = sum_k z_ka z_kb / sqrt(sum_k (z_ka z_kb)^2) (`nonzero.py`: valid under zero
+inflation and heavy tails, where Fisher's z with n - 3 is not), and Benjamini-Hochberg over all
+K (K-1) / 2 pairs uses `StreamingBH` (two passes over the tiles). The coupling count
+C_a = #{b != a: rho_ab != 0}.
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fdr import StreamingBH
+from .nonzero import product_t
 
 
 def standardise(X: np.ndarray) -> np.ndarray:
     """Columns with zero mean and unit (population) variance."""
     Z = X - X.mean(axis=0)
     return Z / Z.std(axis=0)
-
-
-def fisher_abs_z(r: np.ndarray, n: int) -> np.ndarray:
-    """|atanh(r)| sqrt(n - 3): standard normal under rho = 0 for n independent samples."""
-    return np.abs(np.arctanh(np.clip(r, -1 + 1e-15, 1 - 1e-15))) * np.sqrt(max(n - 3, 1))
 
 
 def tiles(K: int, block: int):
@@ -37,13 +34,16 @@ def tiles(K: int, block: int):
             yield i0, min(i0 + block, K), j0, min(j0 + block, K)
 
 
-def tile_pairs(Z: np.ndarray, i0, i1, j0, j1) -> tuple[np.ndarray, np.ndarray]:
-    """Correlations of one tile and the mask of its pairs a < b."""
-    R = Z[:, i0:i1].T @ Z[:, j0:j1] / Z.shape[0]
-    mask = np.ones(R.shape, dtype=bool)
-    if i0 == j0:
-        mask = np.triu(mask, k=1)
-    return R, mask
+def pair_mask(shape: tuple[int, int], diagonal: bool) -> np.ndarray:
+    """The pairs a < b of a tile (a diagonal tile holds each pair twice and a = b once)."""
+    mask = np.ones(shape, dtype=bool)
+    return np.triu(mask, k=1) if diagonal else mask
+
+
+def tile_pairs(Z: np.ndarray, i0, i1, j0, j1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Correlations, |T| statistics and the mask of the pairs a < b of one tile."""
+    R, T = product_t(Z[:, i0:i1], Z[:, j0:j1])
+    return R, np.abs(T), pair_mask(R.shape, i0 == j0)
 
 
 @dataclass
@@ -51,13 +51,14 @@ class CorrelationResult:
     counts: np.ndarray  # C_a per entry
     n_tests: int
     n_nonzero: int
-    threshold: float  # |z| threshold (fdr) or |rho| threshold
+    threshold: float  # |T| threshold (fdr) or |rho| threshold
     mean_abs: float  # mean |rho| over all pairs
 
 
-def coupling_counts(Z: np.ndarray, n_pool: int, method: str = "fdr", q: float = 0.05,
-                    threshold: float = 0.1, block: int = 1024) -> CorrelationResult:
-    """Per-entry counts of non-zero correlations, streaming over tiles of standardised Z (rows, K).
+def coupling_counts(Z: np.ndarray, method: str = "fdr", q: float = 0.05, threshold: float = 0.1,
+                    block: int = 1024, pvalue: str = "normal", fdr: str = "bh") -> CorrelationResult:
+    """Per-entry counts of non-zero correlations, streaming over tiles of the standardised pool
+    columns Z (n, K).
 
     The in-memory reference: the measurement itself runs the same tiles from zarr on an executor
     (`hessian_entries.correlations`), and the tests check it against this function, which they
@@ -73,22 +74,22 @@ def coupling_counts(Z: np.ndarray, n_pool: int, method: str = "fdr", q: float = 
 
     if method == "threshold":
         for i0, i1, j0, j1 in tiles(K, block):
-            R, mask = tile_pairs(Z, i0, i1, j0, j1)
+            R, _, mask = tile_pairs(Z, i0, i1, j0, j1)
             abs_sum += np.abs(R[mask]).sum()
             m += int(mask.sum())
             add(i0, j0, mask & (np.abs(R) >= threshold))
         return CorrelationResult(counts, m, int(counts.sum() // 2), threshold, abs_sum / max(m, 1))
 
-    bh = StreamingBH(q)
-    for i0, i1, j0, j1 in tiles(K, block):  # pass 1: histogram of |z|
-        R, mask = tile_pairs(Z, i0, i1, j0, j1)
-        bh.observe(fisher_abs_z(R[mask], n_pool))
+    bh = StreamingBH(q, pvalue=pvalue, method=fdr)
+    for i0, i1, j0, j1 in tiles(K, block):  # pass 1: histogram of |T|
+        R, absT, mask = tile_pairs(Z, i0, i1, j0, j1)
+        bh.observe(absT[mask])
         abs_sum += np.abs(R[mask]).sum()
     bh.plan()
     undecided = []
     for i0, i1, j0, j1 in tiles(K, block):  # pass 2: sure rejections counted, undecided kept
-        R, mask = tile_pairs(Z, i0, i1, j0, j1)
-        az = np.where(mask, fisher_abs_z(R, n_pool), -1.0)
+        _, absT, mask = tile_pairs(Z, i0, i1, j0, j1)
+        az = np.where(mask, absT, -1.0)
         sure, und = bh.split(az)
         add(i0, j0, sure & mask)
         r, c = np.nonzero(und & mask)

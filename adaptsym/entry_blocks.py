@@ -8,7 +8,8 @@ the run's zarr store itself, so no worker or driver ever holds more than a block
   exactly one zarr chunk of `h` (no two tiles share a chunk);
 - `entry_block(ai)`: bootstrap replicates and per-entry statistics of entry chunk ai, written
   into chunk ai of the per-entry arrays, plus small aggregates for the driver;
-- `corr_tile(stage, ...)`: one tile of the correlation matrix (histogram pass or decision pass);
+- `corr_tile(stage, ...)`: one tile of the correlation matrix and its studentised product sums
+  (histogram pass or decision pass);
 - `comoment_tile(tuples)`: co-skewness / co-kurtosis statistics of a block of tuples.
 
 The same class serves the single-process path (`LocalExecutor`) and the Ray actors
@@ -25,16 +26,19 @@ import torch
 import zarr
 
 from .bootstrap import multinomial_counts, replicates
-from .comoments import tuple_statistics
-from .correlation import fisher_abs_z, standardise
+from .comoments import tuple_active, tuple_statistics
+from .correlation import pair_mask, standardise
 from .entries import EntryDesign
 from .entry_stats import moments, predicted_moments, scaling_deviations, valid_entries, z_resample_counts
 from .fdr import StreamingBH
 from .indexing import ParamIndex
+from .nonzero import product_t
 
 # seeds of the independent random streams of one checkpoint's measurement
 STREAM_COUNTS, STREAM_RESAMPLE, STREAM_SUB, STREAM_TUPLES, STREAM_COUPLING, STREAM_MARDIA = range(1, 7)
 PER_ENTRY = ("mean", "std", "skew", "exkurt", "z", "pred_mean", "pred_std", "pred_skew", "pred_exkurt")
+# per-entry integer arrays: pool examples on which the entry is non-zero (behind each of its tests)
+PER_ENTRY_INT = ("n_active",)
 
 
 def stream(seed: int, epoch: int, which: int) -> np.random.Generator:
@@ -91,7 +95,7 @@ class EntryBlocks:
         self._counts = None
         self._z = OrderedDict()
         self._max_cached = max_cached_blocks
-        self._cols: dict = {}  # entry -> (standardised bootstrap column, standardised pool column)
+        self._cols: dict = {}  # entry -> (standardised bootstrap column, standardised pool column, h != 0)
         self._max_cols = max(1024, int(256e6 / 8 / (work.n + work.mcfg["replicates"])))  # ~256 MB
 
     # ------------------------------------------------------------------ shared state
@@ -163,6 +167,7 @@ class EntryBlocks:
         for name in PER_ENTRY:
             self.group[name][a0:a1] = np.where(valid, vals[name], 0.0)
         self.group["valid"][a0:a1] = valid
+        self.group["n_active"][a0:a1] = np.count_nonzero(hb, axis=0)
         devs = scaling_deviations(X[:, valid], hb[:, valid], w.s)
         idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.mcfg["uncertainty_resamples"], w.n))
         res = z_resample_counts(hb, w.s, w.mcfg["z_cut"], idx, exclude=sz)
@@ -170,17 +175,15 @@ class EntryBlocks:
 
     def corr_tile(self, stage: int, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,
                   window: tuple[float, float] | None = None) -> dict:
-        """stage 1: histogram of Fisher |z| (or threshold counts); stage 2: decisions in the BH window."""
+        """stage 1: histogram of |T| (or threshold counts); stage 2: decisions in the BH window."""
         mc = self.work.mcfg
-        n = self.work.n
-        Zi, Zj = self._zblock(bi, ei), self._zblock(bj, ej)
-        R = Zi.T @ Zj / n
-        mask = np.triu(np.ones(R.shape, dtype=bool), k=1) if bi == bj else np.ones(R.shape, dtype=bool)
+        R, T = product_t(self._zblock(bi, ei), self._zblock(bj, ej))
+        mask = pair_mask(R.shape, bi == bj)
         if mc["nonzero"] == "threshold":
             hit = mask & (np.abs(R) >= mc["threshold"])
             return {"rows": hit.sum(axis=1), "cols": hit.sum(axis=0), "abs_sum": float(np.abs(R[mask]).sum()),
                     "m": int(mask.sum())}
-        az = np.where(mask, fisher_abs_z(R, n), -1.0)
+        az = np.where(mask, np.abs(T), -1.0)
         if stage == 1:
             return {"hist": StreamingBH(mc["fdr_q"]).histogram(az[mask]), "abs_sum": float(np.abs(R[mask]).sum())}
         z_low, z_high = window
@@ -201,8 +204,8 @@ class EntryBlocks:
             zx = standardise(replicates(hcols, self.counts, self.work.s))
             zh = standardise(hcols)
             for j, e in enumerate(missing):
-                self._cols[e] = (zx[:, j], zh[:, j])
-        Zx = np.stack([self._cols[e][0] for e in u], axis=1)
-        Zh = np.stack([self._cols[e][1] for e in u], axis=1)
-        value, pool, tstat = tuple_statistics(Zx, Zh, local.reshape(tuples.shape))
-        return {"value": value, "pool": pool, "tstat": tstat}
+                self._cols[e] = (zx[:, j], zh[:, j], hcols[:, j] != 0)
+        Zx, Zh, act = (np.stack([self._cols[e][i] for e in u], axis=1) for i in range(3))
+        tup = local.reshape(tuples.shape)
+        value, pool, tstat = tuple_statistics(Zx, Zh, tup)
+        return {"value": value, "pool": pool, "tstat": tstat, "active": tuple_active(act, tup)}

@@ -8,8 +8,12 @@ few columns of h, never a block of the K x K statistics nor the whole of h:
    each tile done (`tile_done`) after the write, so a restarted run computes only missing tiles.
 2. Entry blocks: bootstrap replicates X = C h / s and per-entry moments, z, exact predictions,
    the scaling check and the pool-resampled |z| < cut counts.
-3. Correlations of the valid entries, tile by tile, two passes (streaming BH), coupling counts.
+3. Correlations of the valid entries, tile by tile, two passes (streaming BH on studentised
+   product sums), coupling counts.
 4. Co-skewness and co-kurtosis on sampled tuples (blocks of tuples), BH over all of one order.
+   Every statistic records the active examples behind it and its detectability
+   (`nonzero.detectability`); one that cannot detect anything at this activity is stored as
+   untestable (NaN sizes, the reason in `attrs["untestable"]`), never as a count of 0.
 5. In the driver, from a few columns: the correlation submatrix, Fig 6a's replicates, Mardia.
 """
 
@@ -21,12 +25,13 @@ from .bootstrap import replicates
 from .comoments import decide, sample_tuples
 from .correlation import standardise
 from .coupling import coupling_summary
-from .entry_blocks import (PER_ENTRY, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES, EntryBlocks,
-                           EntryWork, stream)
+from .entry_blocks import (PER_ENTRY, PER_ENTRY_INT, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
+                           EntryBlocks, EntryWork, stream)
 from .entry_stats import fraction_std, summarise_deviations, z_fraction
 from .errors import UserFacingError
 from .fdr import StreamingBH
 from .mardia import mardia
+from .nonzero import Detectability, detectability
 from .observation import Observation
 
 MIN_VALID = 8  # entries that vary over the pool, below which statistics are skipped
@@ -51,6 +56,8 @@ def prepare(store, work: EntryWork) -> None:
                  fill_value=0)
     for name in PER_ENTRY:
         store.create(g, name, (K,), ["entry"], chunks=(ea,), fill_value=0.0)
+    for name in PER_ENTRY_INT:
+        store.create(g, name, (K,), ["entry"], chunks=(ea,), dtype="int64", fill_value=0)
     store.create(g, "valid", (K,), ["entry"], chunks=(ea,), dtype="bool", fill_value=False)
     for name, arr in (("p", d.p), ("q", d.q), ("layer_p", d.layer_p), ("layer_q", d.layer_q),
                       ("structural_zero", d.structural_zero)):
@@ -130,11 +137,14 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
     sc["corr_bootstrap_max_dev"] = float(np.abs(sub - exact_sub).max())
 
     rng_c = stream(work.seed, work.epoch, STREAM_COUPLING)
+    n_active = int(active.sum())
     ccounts = correlations(work, executor, vidx, sc, progress)
     full = np.zeros(K, dtype=np.int64)
     full[vidx] = ccounts
     obs.add("corr_count", full, ["entry"])
-    summaries = {"corr": coupling_summary(ccounts, vidx.size - 1, n_params, 2, rng_c, mc["uncertainty_resamples"])}
+    det = _detectability(mc, n_active, sc["corr_n_tests"], sc["corr_n_nonzero"], sc["corr_threshold"], 2)
+    summaries = {"corr": (coupling_summary(ccounts, vidx.size - 1, n_params, 2, rng_c, mc["uncertainty_resamples"]),
+                          det)}
 
     rng_t = stream(work.seed, work.epoch, STREAM_TUPLES)
     per = mc["tuples_per_entry"]
@@ -149,19 +159,29 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
                      desc=name, progress=progress)
         get = lambda key: np.concatenate([parts[k][key] for k in range(len(tasks))])
         value, tstat = get("value"), get("tstat")
-        nonzero = decide(value, tstat, mc["nonzero"], mc["fdr_q"], mc["threshold"])
+        nonzero = decide(value, tstat, mc["nonzero"], mc["fdr_q"], mc["threshold"], mc["pvalue"], mc["fdr"])
         per_entry = nonzero.reshape(vidx.size, per).sum(axis=1)
         obs.add(f"{name}_tuples", tup, [f"{name}_tuple", f"{name}_member"])
         obs.add(f"{name}_value", value, [f"{name}_tuple"])
         obs.add(f"{name}_tstat", tstat, [f"{name}_tuple"])
+        obs.add(f"{name}_active", get("active"), [f"{name}_tuple"])
         obs.add(f"{name}_nonzero", nonzero, [f"{name}_tuple"])
         full = np.zeros(K, dtype=np.int64)
         full[vidx] = per_entry
         obs.add(f"{name}_count", full, ["entry"])
-        summaries[name] = coupling_summary(per_entry, per, n_params, order_, rng_c, mc["uncertainty_resamples"])
-    for name, summ in summaries.items():
+        found = int(nonzero.sum())
+        thr = float(np.abs(tstat[nonzero]).min()) if found and mc["nonzero"] == "fdr" else np.inf
+        summaries[name] = (coupling_summary(per_entry, per, n_params, order_, rng_c, mc["uncertainty_resamples"]),
+                           _detectability(mc, n_active, len(tup), found, thr, order_))
+    untestable = {}
+    for name, (summ, det) in summaries.items():
         for k, v in summ.items():
-            sc[f"{name}.{k}"] = float(v)
+            sc[f"{name}.{k}"] = np.nan if det.untestable and k != "mean_count" else float(v)
+        sc.update(det.scalars(name))
+        if det.untestable:
+            untestable[name] = det.reason
+    if untestable:
+        obs.attrs["untestable"] = untestable
 
     # Mardia on random sets of valid entries of the pool (n samples)
     if mc["mardia_sets"] and vidx.size >= mc["mardia_dim"]:
@@ -177,6 +197,13 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
         sc["mardia.kurt_reject_fraction"] = float(np.mean(rows[:, 5] < 0.05))
         sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mc["mardia_dim"] * (mc["mardia_dim"] + 2)))
     return obs
+
+
+def _detectability(mc: dict, n_active: int, m_tests: int, found: int, threshold: float, order: int) -> Detectability:
+    """Detectability of one statistic; the fixed-threshold rule has no test, so it is always testable."""
+    if mc["nonzero"] != "fdr":
+        return Detectability(n_active, m_tests, mc["threshold"], float(np.sqrt(n_active)), np.nan, False, "")
+    return detectability(n_active, m_tests, mc["fdr_q"], mc["pvalue"], mc["fdr"], found, threshold, order)
 
 
 def correlations(work: EntryWork, executor, vidx: np.ndarray, sc: dict, progress: bool) -> np.ndarray:
@@ -205,7 +232,7 @@ def correlations(work: EntryWork, executor, vidx: np.ndarray, sc: dict, progress
         abs_sum = sum(r["abs_sum"] for _, r in sorted(results.items()))
         threshold = mc["threshold"]
     else:
-        bh = StreamingBH(mc["fdr_q"])
+        bh = StreamingBH(mc["fdr_q"], pvalue=mc["pvalue"], method=mc["fdr"])
         executor.run(work, "corr_tile", [(1, bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
                      desc="correlations (pass 1)", progress=progress)
         for _, r in sorted(results.items()):

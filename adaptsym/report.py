@@ -208,13 +208,19 @@ def fig7c(r: _Reader, fig):
             pass
         if len(sd) == len(ex):
             ax.fill_between(ep, ex - sd, ex + sd, alpha=0.3, color=line.get_color())
-        ax.annotate(f"{rel[-1]:.2e}", (ep[-1], ex[-1]), fontsize=7, xytext=(4, 0), textcoords="offset points")
+        live = [(e, x, v) for e, x, v in zip(ep, ex, rel) if np.isfinite(x)]
+        if live:
+            ax.annotate(f"{live[-1][2]:.2e}", live[-1][:2], fontsize=7, xytext=(4, 0), textcoords="offset points")
+        gone = [e for e, x in zip(ep, ex) if not np.isfinite(x)]
+        if gone:  # untestable: too few active examples for the non-zero test
+            ax.plot(gone, [0.0] * len(gone), "x", color=line.get_color(), transform=ax.get_xaxis_transform())
     if not found:
         raise MissingData("scalars hessian_entries.{corr,coskew,cokurt}.exponent")
     ax.set_xlabel("epoch")
     ax.set_ylabel("exponent of N in the coupling set size")
     ax.legend(fontsize=8)
-    fig.suptitle("Fig 7c: coupling set sizes (label: non-zero ratio at the last epoch; open triangle: upper bound)")
+    fig.suptitle("Fig 7c: coupling set sizes (label: non-zero ratio at the last testable epoch; open triangle: "
+                 "upper bound; x on the axis: untestable)", fontsize=9)
 
 
 def fig8a(r: _Reader, fig):
@@ -275,13 +281,21 @@ class Report:
 def _scalar_table(r: _Reader) -> str:
     keys = sorted({k for g in r.groups for k in r.store.attrs(g).get("scalars", {})
                    if k.split(".")[-1] in ("z_fraction", "exponent", "relative", "symmetry_score", "trace_estimate",
-                                           "grad_norm2", "n_valid", "n_active_examples", "lambda_max")})
+                                           "grad_norm2", "n_valid", "n_active_examples", "lambda_max",
+                                           "min_detectable_rho")})
     rows = ["<tr><th>scalar</th>" + "".join(f"<th>epoch {e}</th>" for e in r.epochs) + "</tr>"]
     for k in keys:
         cells = []
         for g in r.groups:
-            v = r.store.attrs(g).get("scalars", {}).get(k)
-            cells.append(f"<td>{v:.4g}</td>" if isinstance(v, (int, float)) else "<td>-</td>")
+            sc = r.store.attrs(g).get("scalars", {})
+            v = sc.get(k)
+            stat = k.rsplit(".", 1)[0]  # e.g. hessian_entries.corr
+            if isinstance(v, (int, float)) and not np.isfinite(v) and sc.get(f"{stat}.untestable"):
+                obs, name = stat.split(".", 1)
+                why = r.store.attrs(f"{g}/{obs}").get("untestable", {}).get(name, "")
+                cells.append(f"<td title='{html.escape(why)}'>untestable</td>")
+            else:
+                cells.append(f"<td>{v:.4g}</td>" if isinstance(v, (int, float)) else "<td>-</td>")
         rows.append(f"<tr><td>{html.escape(k)}</td>{''.join(cells)}</tr>")
     return "<table>" + "".join(rows) + "</table>"
 

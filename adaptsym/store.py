@@ -44,6 +44,20 @@ def _jsonable(value):
     return value
 
 
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _from_json(value):
+    """Inverse of `_jsonable` for what JSON cannot hold: the strings 'nan', 'inf', '-inf' become floats."""
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    return value
+
+
 class RunStore:
     """A run's zarr v3 store on disk."""
 
@@ -64,7 +78,7 @@ class RunStore:
 
     def attrs(self, group: str | None = None) -> dict:
         g = self.root[group] if group else self.root
-        return dict(g.attrs)
+        return _from_json(dict(g.attrs))
 
     # ------------------------------------------------------------------ groups
     def group(self, name: str) -> zarr.Group:

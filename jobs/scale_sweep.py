@@ -7,7 +7,9 @@ GPUs). Each is trained and measured; at its last checkpoint with statistics the 
 coupling set sizes (relative, absolute, exponent, with uncertainties) and the |z| < cut
 fraction, fits the absolute correlation coupling set size c (N^2 - 1) ~ N^alpha and the relative
 sizes ~ N^beta (power laws, `adaptsym.scaling`), and writes `<out>/<name>-sweep/sweep.zarr`,
-a figure, and an MLflow run with the fits. Prints the summary as JSON.
+a figure, and an MLflow run with the fits. Prints the summary as JSON. A size whose statistic is
+untestable (too few active examples for its non-zero test, `adaptsym.nonzero`) has no value and
+is left out of that statistic's fit; the sweep records the active examples behind every point.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ def collect(scalars: dict) -> dict | None:
     p = "hessian_entries."
     if f"{p}z_fraction" not in scalars:
         return None
-    out = {"z_fraction": scalars[f"{p}z_fraction"], "z_fraction_std": scalars.get(f"{p}z_fraction_std", np.nan)}
+    out = {"z_fraction": scalars[f"{p}z_fraction"], "z_fraction_std": scalars.get(f"{p}z_fraction_std", np.nan),
+           "n_active": scalars.get(f"{p}n_active_examples", np.nan),
+           "corr_min_detectable_rho": scalars.get(f"{p}corr.min_detectable_rho", np.nan)}
     for st in STATS:
-        for k in ("relative", "relative_std", "exponent", "exponent_std", "log10_absolute"):
+        for k in ("relative", "relative_std", "exponent", "exponent_std", "log10_absolute", "untestable"):
             out[f"{st}_{k}"] = scalars.get(f"{p}{st}.{k}", np.nan)
     return out
 
@@ -44,9 +48,14 @@ def figure(path: Path, n: np.ndarray, rows: dict, fits: dict) -> None:
     absolute = rows["corr_relative"] * (n**2 - 1)
     a1.errorbar(n, absolute, yerr=rows["corr_relative_std"] * (n**2 - 1), fmt="o", label="correlations")
     f = fits["corr_absolute"]
-    grid = np.geomspace(n.min(), n.max(), 50)
-    a1.plot(grid, np.exp(f["log_prefactor"]) * grid ** f["exponent"], "--",
-            label=f"fit: N^({f['exponent']:.2f} +- {f['exponent_std']:.2f})")
+    if "exponent" in f:
+        grid = np.geomspace(n.min(), n.max(), 50)
+        a1.plot(grid, np.exp(f["log_prefactor"]) * grid ** f["exponent"], "--",
+                label=f"fit: N^({f['exponent']:.2f} +- {f['exponent_std']:.2f})")
+    for size, flag in zip(n, rows["corr_untestable"]):
+        if flag > 0:
+            a1.axvline(size, color="grey", ls=":", lw=1)
+    a1.plot([], [], color="grey", ls=":", label="untestable (too few active examples)")
     a1.set_xscale("log")
     a1.set_yscale("log")
     a1.set_xlabel("N (parameters)")
@@ -108,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     names = [names[i] for i in order]
     n = np.array(sizes, dtype=np.float64)[order]
     rows = {k: np.array([points[i][k] for i in order], dtype=np.float64) for k in points[0]}
-    fits = {"corr_absolute": fit_power_law(n, rows["corr_relative"] * (n**2 - 1),
-                                           rows["corr_relative_std"] * (n**2 - 1))}
-    for st in STATS:
+    def fit(key, y, y_std):
         try:
-            fits[f"{st}_relative"] = fit_power_law(n, rows[f"{st}_relative"], rows[f"{st}_relative_std"])
-        except ValueError as exc:  # e.g. nothing detected at most sizes
-            fits[f"{st}_relative"] = {"error": str(exc)}
+            fits[key] = fit_power_law(n, y, y_std)
+        except ValueError as exc:  # e.g. nothing detected, or untestable, at most sizes
+            fits[key] = {"error": str(exc)}
+
+    fits: dict = {}
+    fit("corr_absolute", rows["corr_relative"] * (n**2 - 1), rows["corr_relative_std"] * (n**2 - 1))
+    for st in STATS:
+        fit(f"{st}_relative", rows[f"{st}_relative"], rows[f"{st}_relative_std"])
     zf = np.polyfit(np.log10(n), rows["z_fraction"], 1, cov=len(n) > 3)
     slope, slope_std = (float(zf[0][0]), float(np.sqrt(zf[1][0, 0]))) if len(n) > 3 else (float(zf[0]), float("nan"))
     fits["z_fraction_vs_log10N"] = {"slope": slope, "slope_std": slope_std}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-JOBS = ("train", "measure", "scale_sweep", "nightly", "benchmark")
+JOBS = ("train", "measure", "scale_sweep", "nightly", "benchmark", "calibration")
 EXCLUDES = [".venv", "runs", ".git", "*.db", "mlartifacts", "__pycache__", ".pytest_cache", "data"]
 
 

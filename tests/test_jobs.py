@@ -154,10 +154,10 @@ def test_scale_sweep_fits_an_exponent_over_four_sizes(tmp_path, capsys):
     from jobs.scale_sweep import main as sweep
 
     cfg = {"name": "sweep", "seed": 0, "device": "cpu",
-           "data": {"name": "teacher", "teacher": {"n_samples": 400, "input_dim": 8, "hidden": [8]}},
+           "data": {"name": "teacher", "teacher": {"n_samples": 800, "input_dim": 8, "hidden": [8]}},
            "models": {f"w{w}": {"kind": "mlp", "hidden": [w, w]} for w in (4, 8, 16, 32)},
            "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "checkpoints": [0, 2]},
-           "measure": {"pool_size": 128, "minibatch": 16, "replicates": 200, "observables": ["hessian_entries"],
+           "measure": {"pool_size": 512, "minibatch": 16, "replicates": 200, "observables": ["hessian_entries"],
                        "design": {"kind": "block", "rows": 16, "cols": 8}, "tuples_per_entry": 16,
                        "uncertainty_resamples": 30, "mardia_sets": 0}}
     path = tmp_path / "sweep.yaml"
@@ -169,7 +169,10 @@ def test_scale_sweep_fits_an_exponent_over_four_sizes(tmp_path, capsys):
 
     store = RunStore(tmp_path / "sweep-sweep" / "sweep.zarr", mode="r")
     fit = store.attrs()["fits"]["corr_absolute"]
-    assert fit["points"] == 4 and np.isfinite(fit["exponent"]) and fit["exponent_std"] > 0
+    detected = int(np.sum(store.read("sizes", "corr_relative") > 0))  # a size may find nothing
+    assert fit["points"] == detected >= 3 and np.isfinite(fit["exponent"]) and fit["exponent_std"] > 0
+    # the pool keeps enough examples active for the correlation test to have power at every size
+    assert np.all(store.read("sizes", "corr_untestable") == 0) and np.all(store.read("sizes", "n_active") >= 100)
     n = store.read("sizes", "n_params")
     assert len(n) == 4 and np.all(np.diff(n) > 0) and n[0] < 200 < 1000 < n[-1]
     assert (tmp_path / "sweep-sweep" / "scale_sweep.png").stat().st_size > 10_000
