@@ -5,9 +5,9 @@ uniform among the other entries (distinct). With z the standardised variables,
   kappa3(a,b,c)   = E[z_a z_b z_c],
   kappa4(a,b,c,d) = E[z_a z_b z_c z_d] - rho_ab rho_cd - rho_ac rho_bd - rho_ad rho_bc.
 The reported values are over the bootstrap replicates (they scale as 1/sqrt(s) and 1/s).
-The non-zero test uses the n pool examples: the studentised sum of the pool products taken
-about their null value (0 for order 3, the rho-terms for order 4), T = sum x / sqrt(sum x^2)
-(`nonzero.py`), and Benjamini-Hochberg over all sampled tuples of one order. The number of pool
+The non-zero test uses the n pool examples: the studentised sum T = sum x / sqrt(sum x^2)
+(`nonzero.py`) of the per-example products, corrected for the estimated means and rho-terms
+(`influence`), and Benjamini-Hochberg over all sampled tuples of one order. The number of pool
 examples on which every member of a tuple is non-zero is kept per tuple (`tuple_active`).
 """
 
@@ -39,17 +39,40 @@ def sample_tuples(K: int, per_entry: int, order: int, rng: np.random.Generator) 
     return out
 
 
-def _values(Z: np.ndarray, tup: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over rows of Z of the tuple products, and the mean of their squares."""
+PAIRINGS = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
+
+
+def influence(Z: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per-row products x (n, T) of each tuple whose mean is the sample co-moment, corrected to first
+    order for the quantities estimated from the same rows (delta method), so that their spread
+    includes that estimation error:
+      order 3: x = z_a z_b z_c - (rho_bc z_a + rho_ac z_b + rho_ab z_c)        (the centring);
+      order 4: x = z_a z_b z_c z_d - sum over the 3 pairings (ab, cd) of
+               (rho_cd z_a z_b + rho_ab z_c z_d - rho_ab rho_cd)              (the rho-terms).
+    Treating the rho-terms as known instead is invalid under zero inflation: on the n - A inactive
+    rows every product is then the same constant -rho_ab rho_cd, and n identical terms look like
+    overwhelming evidence (`docs/statistics.md`)."""
+    cols = [Z[:, t[:, i]] for i in range(t.shape[1])]
+    if t.shape[1] == 3:
+        za, zb, zc = cols
+        r = lambda u, v: np.einsum("kt,kt->t", u, v) / Z.shape[0]
+        return za * zb * zc - (r(zb, zc) * za + r(za, zc) * zb + r(za, zb) * zc)
+    P = {(i, j): cols[i] * cols[j] for i in range(4) for j in range(i + 1, 4)}
+    rho = {key: v.mean(axis=0) for key, v in P.items()}
+    x = P[(0, 1)] * P[(2, 3)]
+    for ab, cd in PAIRINGS:
+        x -= rho[cd] * P[ab] + rho[ab] * P[cd] - rho[ab] * rho[cd]
+    return x
+
+
+def _values(Z: np.ndarray, tup: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per tuple, the mean of its influence-corrected products (the co-moment) and of their squares."""
     mean = np.empty(len(tup))
     msq = np.empty(len(tup))
     for i in range(0, len(tup), chunk):
-        t = tup[i : i + chunk]
-        prod = Z[:, t[:, 0]].copy()
-        for j in range(1, t.shape[1]):
-            prod *= Z[:, t[:, j]]
-        mean[i : i + chunk] = prod.mean(axis=0)
-        msq[i : i + chunk] = np.square(prod).mean(axis=0)
+        x = influence(Z, tup[i : i + chunk])
+        mean[i : i + chunk] = x.mean(axis=0)
+        msq[i : i + chunk] = np.square(x).mean(axis=0)
     return mean, msq
 
 
@@ -61,28 +84,13 @@ def tuple_active(active: np.ndarray, tup: np.ndarray, chunk: int = 2048) -> np.n
     return out
 
 
-def _rho_terms(Z: np.ndarray, t: np.ndarray) -> np.ndarray:
-    r = lambda i, j: np.einsum("bk,bk->k", Z[:, t[:, i]], Z[:, t[:, j]]) / Z.shape[0]
-    return r(0, 1) * r(2, 3) + r(0, 2) * r(1, 3) + r(0, 3) * r(1, 2)
-
-
 def tuple_statistics(Zx: np.ndarray, Zh: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bootstrap value, pool value, pool studentised sum T) of each tuple; Zx, Zh standardised columns.
 
-    The pool products x_k are taken about the null value r (0, or the rho-terms for order 4):
-    sum x = n (mean - r), sum x^2 = n (mean of squares - 2 r mean + r^2)."""
-    order, n = tup.shape[1], Zh.shape[0]
+    T = sum_k x_k / sqrt(sum_k x_k^2) over the pool rows, x the influence-corrected products."""
     value, _ = _values(Zx, tup)
-    mean, msq = _values(Zh, tup)
-    null = np.zeros(len(tup))
-    if order == 4:
-        for i in range(0, len(tup), 4096):
-            t = tup[i : i + 4096]
-            value[i : i + 4096] -= _rho_terms(Zx, t)
-            null[i : i + 4096] = _rho_terms(Zh, t)
-    pool = mean - null
-    sumsq = np.maximum(msq - 2 * null * mean + null * null, 0.0)
-    return value, pool, self_normalised(np.sqrt(n) * pool, sumsq)
+    pool, msq = _values(Zh, tup)
+    return value, pool, self_normalised(np.sqrt(Zh.shape[0]) * pool, msq)
 
 
 def decide(value: np.ndarray, tstat: np.ndarray, method: str, q: float, threshold: float,
