@@ -52,10 +52,11 @@ def figure(path: Path, n: np.ndarray, rows: dict, fits: dict) -> None:
         grid = np.geomspace(n.min(), n.max(), 50)
         a1.plot(grid, np.exp(f["log_prefactor"]) * grid ** f["exponent"], "--",
                 label=f"fit: N^({f['exponent']:.2f} +- {f['exponent_std']:.2f})")
-    for size, flag in zip(n, rows["corr_untestable"]):
-        if flag > 0:
-            a1.axvline(size, color="grey", ls=":", lw=1)
-    a1.plot([], [], color="grey", ls=":", label="untestable (too few active examples)")
+    untestable = n[rows["corr_untestable"] > 0]
+    for size in untestable:
+        a1.axvline(size, color="grey", ls=":", lw=1)
+    if untestable.size:
+        a1.plot([], [], color="grey", ls=":", label="untestable (too few active examples)")
     a1.set_xscale("log")
     a1.set_yscale("log")
     a1.set_xlabel("N (parameters)")
