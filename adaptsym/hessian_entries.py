@@ -202,7 +202,7 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
 def _detectability(mc: dict, n_active: int, m_tests: int, found: int, threshold: float, order: int) -> Detectability:
     """Detectability of one statistic; the fixed-threshold rule has no test, so it is always testable."""
     if mc["nonzero"] != "fdr":
-        return Detectability(n_active, m_tests, mc["threshold"], float(np.sqrt(n_active)), np.nan, False, "")
+        return Detectability(n_active, m_tests, mc["threshold"], float(np.sqrt(n_active)), np.nan, False, "", order)
     return detectability(n_active, m_tests, mc["fdr_q"], mc["pvalue"], mc["fdr"], found, threshold, order)
 
 

@@ -62,14 +62,17 @@ class Detectability:
     m_tests: int
     threshold: float  # |T| needed: the BH threshold if anything was found, else one discovery's
     max_abs_t: float  # sqrt(n_active): the largest |T| the data can produce (products off the active rows ~0)
-    min_detectable_rho: float  # |rho| found with probability 1/2 (Gaussian active values); nan if none <= 1
+    min_detectable_rho: float  # correlations: |rho| found with probability 1/2 (Gaussian values); nan if none <= 1
     untestable: bool
     reason: str  # empty when testable
+    order: int = 2  # 2: correlations; 3, 4: co-moments
 
     def scalars(self, prefix: str) -> dict:
-        return {f"{prefix}.n_active": self.n_active, f"{prefix}.test_threshold": self.threshold,
-                f"{prefix}.max_abs_t": self.max_abs_t, f"{prefix}.min_detectable_rho": self.min_detectable_rho,
-                f"{prefix}.untestable": float(self.untestable)}
+        out = {f"{prefix}.n_active": self.n_active, f"{prefix}.test_threshold": self.threshold,
+               f"{prefix}.max_abs_t": self.max_abs_t, f"{prefix}.untestable": float(self.untestable)}
+        if self.order == 2:  # an effect size in |rho| exists for correlations only
+            out[f"{prefix}.min_detectable_rho"] = self.min_detectable_rho
+        return out
 
 
 def detectability(n_active: int, m_tests: int, q: float, pvalue: str = "normal", fdr: str = "bh",
@@ -85,7 +88,7 @@ def detectability(n_active: int, m_tests: int, q: float, pvalue: str = "normal",
     (A < t^2). With discoveries it is testable, whatever A."""
     t = float(threshold) if np.isfinite(threshold) else one_discovery_threshold(m_tests, q, pvalue, fdr)
     A = int(n_active)
-    rho = t / np.sqrt(A - 2 * t * t) if A > 3 * t * t else np.nan
+    rho = t / np.sqrt(A - 2 * t * t) if order == 2 and A > 3 * t * t else np.nan
     need = 3 * t * t if order == 2 else t * t
     untestable = found == 0 and A < need
     reason = ""
@@ -94,4 +97,4 @@ def detectability(n_active: int, m_tests: int, q: float, pvalue: str = "normal",
                 else "no tuple can reach it (|T| <= sqrt(active examples))")
         reason = (f"untestable: {A} active examples; one discovery among {m_tests} tests needs |T| >= {t:.2f}, "
                   f"so {what}; needs >= {int(np.ceil(need))} active examples")
-    return Detectability(A, int(m_tests), t, float(np.sqrt(A)), float(rho), bool(untestable), reason)
+    return Detectability(A, int(m_tests), t, float(np.sqrt(A)), float(rho), bool(untestable), reason, order)

@@ -145,6 +145,8 @@ def test_untestable_at_few_active_examples():
     assert not detectability(3, m, Q, found=2).untestable  # discoveries are never called untestable
     # co-moments: untestable only when no tuple can reach the threshold at all (sqrt(A) < t)
     assert detectability(int(t * t) - 1, m, Q, order=3).untestable
+    assert "hessian_entries.cokurt.min_detectable_rho" not in detectability(500, m, Q, order=4).scalars(
+        "hessian_entries.cokurt")
     assert not detectability(int(t * t) + 1, m, Q, order=3).untestable
 
 
