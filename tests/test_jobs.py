@@ -133,23 +133,6 @@ def test_mlflow_server_down_fails_fast_or_falls_back_when_asked(tmp_path, monkey
     assert local.get_run(res.mlflow_run_id).data.metrics["train_loss"] >= 0
 
 
-def test_nightly_passes_against_its_baseline_and_names_a_drift(tmp_path, capsys):
-    from jobs.nightly import main as nightly
-
-    out = str(tmp_path / "nightly")
-    assert nightly(["--out", out]) == 0
-    assert "no earlier nightly run" in capsys.readouterr().out
-    assert nightly(["--out", out]) == 0  # now also against the last nightly in MLflow
-    assert "no earlier nightly run" not in capsys.readouterr().out
-    base = json.loads((ROOT / "jobs/baselines/nightly.json").read_text())
-    base["mean"]["z_fraction"] += 3 * base["band"]["z_fraction"]  # a planted perturbation
-    moved = tmp_path / "moved.json"
-    moved.write_text(json.dumps(base))
-    assert nightly(["--out", out, "--baseline", str(moved)]) == 1
-    err = capsys.readouterr().err
-    assert "DRIFT: z_fraction" in err and "final_train_loss" not in err
-
-
 def test_scale_sweep_fits_an_exponent_over_four_sizes(tmp_path, capsys):
     from jobs.scale_sweep import main as sweep
 
