@@ -32,7 +32,12 @@ mlflow-server: $(STAMP)
 	MLFLOW_BIN=$(BIN)/mlflow bash infra/mlflow/server.sh
 
 # A local Ray head with token auth on 127.0.0.1 (Jobs API on :8265); jobs run with this venv's python.
+# A token is generated on first use (~/.ray/auth_token, user-only); see docs/distributed.md for clients.
 ray-head: $(STAMP)
+	@RAY_AUTH_MODE=token $(BIN)/ray get-auth-token --generate >/dev/null
+	@chmod 600 $${RAY_AUTH_TOKEN_PATH:-$$HOME/.ray/auth_token} 2>/dev/null || true
+	@echo "Ray token: $${RAY_AUTH_TOKEN_PATH:-$$HOME/.ray/auth_token} (readable by you only). Clients on this machine"
+	@echo "  read it there with RAY_AUTH_MODE=token; on another machine copy it and set RAY_AUTH_TOKEN_PATH to the copy."
 	PATH=$(abspath $(BIN)):$$PATH RAY_AUTH_MODE=token $(BIN)/ray start --head --node-ip-address 127.0.0.1 \
 	  --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats
 

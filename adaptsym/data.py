@@ -107,12 +107,26 @@ def cifar_dir(root: str | os.PathLike | None) -> Path:
     return base if (base / CIFAR_TRAIN_FILES[0]).exists() or base.name == CIFAR_DIRNAME else base / CIFAR_DIRNAME
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what the official CIFAR-10 pickles hold: dicts, lists, bytes, str, ints (plain
+    opcodes) and numpy arrays (`_reconstruct`, `ndarray`, `dtype`). Anything else, e.g. a pickle
+    that would call os.system, is refused before it runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the CIFAR-10 format")
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"CIFAR-10 file {path} is missing. {CIFAR_HOWTO}")
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d.get(b"labels", d.get(b"fine_labels")), dtype=np.int64)
     except Exception as exc:  # truncated, not a pickle, wrong keys

@@ -33,6 +33,7 @@ from .entry_stats import moments, predicted_moments, scaling_deviations, valid_e
 from .fdr import StreamingBH
 from .indexing import ParamIndex
 from .nonzero import product_t
+from .store import checked
 
 # seeds of the independent random streams of one checkpoint's measurement
 STREAM_COUNTS, STREAM_RESAMPLE, STREAM_SUB, STREAM_TUPLES, STREAM_COUPLING, STREAM_MARDIA = range(1, 7)
@@ -119,7 +120,8 @@ class EntryBlocks:
 
     def columns(self, entries: np.ndarray) -> np.ndarray:
         """h[:, entries] read from zarr (only the chunks that hold them)."""
-        return self.group["h"].get_orthogonal_selection((slice(None), np.asarray(entries, dtype=np.int64)))
+        return checked(self.work.store_path, self.group["h"], (slice(None), np.asarray(entries, dtype=np.int64)),
+                       orthogonal=True)
 
     def _zblock(self, block_id: int, entries: np.ndarray) -> np.ndarray:
         if block_id not in self._z:
@@ -154,7 +156,7 @@ class EntryBlocks:
     def entry_block(self, ai: int) -> dict:
         w = self.work
         a0, a1 = w.entry_range(ai)
-        hb = np.asarray(self.group["h"][:, a0:a1])
+        hb = checked(self.work.store_path, self.group["h"], (slice(None), slice(a0, a1)))
         sz = w.design.structural_zero[a0:a1]
         valid = valid_entries(hb, sz)
         X = replicates(hb, self.counts, w.s)

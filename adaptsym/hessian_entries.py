@@ -33,6 +33,7 @@ from .fdr import StreamingBH
 from .mardia import mardia
 from .nonzero import Detectability, detectability
 from .observation import Observation
+from .store import chunk_faults
 
 MIN_VALID = 8  # entries that vary over the pool, below which statistics are skipped
 NAME = "hessian_entries"
@@ -54,8 +55,8 @@ def prepare(store, work: EntryWork) -> None:
     ne, na = -(-n // ec), -(-K // ea)
     store.create(g, "tile_done", (ne, na), ["example_chunk", "entry_chunk"], chunks=(ne, na), dtype="uint8",
                  fill_value=0)
-    for name in PER_ENTRY:
-        store.create(g, name, (K,), ["entry"], chunks=(ea,), fill_value=0.0)
+    for name in PER_ENTRY:  # NaN fill: a chunk lost on disk never reads as plausible values
+        store.create(g, name, (K,), ["entry"], chunks=(ea,))
     for name in PER_ENTRY_INT:
         store.create(g, name, (K,), ["entry"], chunks=(ea,), dtype="int64", fill_value=0)
     store.create(g, "valid", (K,), ["entry"], chunks=(ea,), dtype="bool", fill_value=False)
@@ -64,10 +65,18 @@ def prepare(store, work: EntryWork) -> None:
         store.write(g, name, arr, ["entry"])
 
 
-def compute_h(store, work: EntryWork, executor, progress: bool = False) -> tuple[int, int]:
-    """Run the missing h tiles; returns (tiles computed now, tiles in all)."""
+def compute_h(store, work: EntryWork, executor, progress: bool = False, log=print) -> tuple[int, int]:
+    """Run the missing h tiles; returns (tiles computed now, tiles in all).
+
+    A tile marked done whose chunk is missing or fails its checksum is recomputed, and said so."""
     done_arr = store.root[work.group]["tile_done"]
-    done = np.asarray(done_arr[...])
+    done = np.asarray(done_arr[...])  # a missing tile_done chunk reads as 0: not done
+    h = store.root[work.group]["h"]
+    marked = [t for t in work.tiles() if done[t]]
+    for fault, t in ((chunk_faults(store.path, h, [t]), t) for t in marked):
+        if fault:
+            log(f"{work.group}/h: tile {t} was marked done but its {fault[0]}; recomputing it")
+            done[t] = done_arr[t] = 0
     pending = [t for t in work.tiles() if not done[t]]
 
     def on_result(task, res):

@@ -36,7 +36,9 @@ from .gradients import measure_gradients
 from .hessian_entries import measure_hessian_entries
 from .spectrum import measure_spectrum
 from .weights import measure_weights
+from .errors import UserFacingError
 from .provenance import resolve_device
+from .runlock import run_lock
 from .store import RunStore, checkpoint_group
 
 
@@ -95,11 +97,39 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
     return out
 
 
+class MeasureConflictError(UserFacingError, RuntimeError):
+    """Finished results that a new measurement would replace; the message names what differs."""
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def missing_scheduled(run_dir: Path, cfg: RunConfig) -> list[int]:
+    """Scheduled checkpoints that training has passed but whose files are gone."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        return []
+    reached = int(load_checkpoint(last)["epoch"])
+    return [e for e in cfg.train.checkpoints if e <= reached and not (run_dir / "checkpoints" / f"epoch_{e:04d}.pt").exists()]
+
+
 def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None, epochs: list[int] | None = None,
-                progress: bool = True, executor=None) -> MeasureResult:
-    """Measure the run's checkpoints; `executor` runs the Hessian-entry blocks (default: in process)."""
+                progress: bool = True, executor=None, overwrite: bool = False, log=print) -> MeasureResult:
+    """Measure the run's checkpoints; `executor` runs the Hessian-entry blocks (default: in process).
+
+    Finished results measured with another measure config or from a checkpoint file that changed
+    are kept: the call fails naming the differences, unless `overwrite`. Holds the run's lock."""
     run_dir = Path(run_dir)
     RunStore.for_run(run_dir, mode="r")  # a wrong path fails here, creating nothing
+    with run_lock(run_dir, f"adaptsym measure {run_dir.name}"):
+        return _measure_run(run_dir, cfg, tracker, epochs, progress, executor, overwrite, log)
+
+
+def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwrite, log) -> MeasureResult:
     store = RunStore.for_run(run_dir)
     root = store.attrs()
     if "config" not in root:
@@ -124,6 +154,26 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
     design = make_design(mcfg.design, index, cfg.seed)  # the same entries at every checkpoint
     mconf = mcfg.model_dump(mode="json")
     result = MeasureResult(store.path, list(wanted))
+    gone = missing_scheduled(run_dir, cfg)
+    if gone:
+        log(f"scheduled checkpoints {gone} of {run_dir} are missing; `adaptsym train` with the run's config recreates "
+            "them. Measuring the others.")
+    store.set_attrs({"missing_checkpoints": gone})
+    conflicts = []
+    for epoch in wanted:  # before any group is touched
+        group = checkpoint_group(epoch)
+        state = store.attrs(group) if store.has_group(group) else {}
+        if not state.get("complete"):
+            continue
+        diff = _differences(state.get("measure_config"), mconf)
+        if state.get("checkpoint_sha256") != file_sha256(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"):
+            diff.append("the checkpoint file changed since it was measured")
+        if diff:
+            conflicts.append(f"{group}: " + "; ".join(diff))
+    if conflicts and not overwrite:
+        raise MeasureConflictError(
+            f"{run_dir} already holds finished measurements that this one would replace:\n  " + "\n  ".join(conflicts)
+            + "\nnothing was changed; rerun with --overwrite to replace them, or measure into a copy of the run")
 
     model_name = root.get("model_name", run_dir.name)
     ctx = tracker.run(f"measure-{run_dir.name}", params={"measure": mconf, "run_dir": str(run_dir)},

@@ -22,6 +22,7 @@ from .data import Dataset, load_dataset
 from .losses import hinge
 from .models import BiasFreeNet
 from .provenance import provenance, resolve_device
+from .runlock import run_lock
 from .store import RunStore
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm2", "omega")
@@ -109,11 +110,17 @@ def open_run_store(run_dir: Path, cfg: RunConfig, model_name: str, model: BiasFr
 
 
 def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progress: bool = True) -> TrainResult:
-    """Train `cfg.models[model_name]`, resuming from `last.pt` if the run was interrupted."""
+    """Train `cfg.models[model_name]`, resuming from `last.pt` if the run was interrupted, and recreate
+    any missing scheduled checkpoint. Holds the run's lock (`runlock`) throughout."""
     if model_name not in cfg.models:
         raise KeyError(f"model {model_name!r} is not in the config; choose one of {cfg.model_names()}")
-    spec, tcfg = cfg.models[model_name], cfg.train
     run_dir = run_dir_for(out, cfg, model_name)
+    with run_lock(run_dir, f"adaptsym train {cfg.name}/{model_name}"):
+        return _train(cfg, model_name, run_dir, tracker, progress)
+
+
+def _train(cfg: RunConfig, model_name: str, run_dir: Path, tracker, progress: bool) -> TrainResult:
+    spec, tcfg = cfg.models[model_name], cfg.train
     ckpt_dir = run_dir / "checkpoints"
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data, cfg.seed).to(device)
@@ -151,18 +158,10 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
     with ctx as mlrun:
         if mlrun is not None:
             mlflow_run_id = mlrun.info.run_id
-        n = len(data.x_train)
         bar = tqdm(range(start_epoch, tcfg.epochs + 1), desc=f"train {model_name}", disable=not progress,
                    initial=start_epoch, total=tcfg.epochs + 1, unit="epoch")
         for epoch in bar:
-            if epoch > 0:  # epoch 0 is the initialisation
-                gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-                perm = torch.randperm(n, generator=gen).to(device)
-                for i in range(0, n, tcfg.batch_size):
-                    idx = perm[i : i + tcfg.batch_size]
-                    opt.zero_grad(set_to_none=True)
-                    hinge(model(data.x_train[idx]), data.y_train[idx]).mean().backward()
-                    opt.step()
+            sgd_epoch(model, opt, data, tcfg.batch_size, cfg.seed, epoch)
             metrics = record_epoch(model, data, tcfg.lr, epoch, history, tracker)
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_acc']:.3f}")
             if epoch in tcfg.checkpoints:
@@ -171,5 +170,57 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
             write_history(store, history)
         bar.close()
     store.set_attrs({"train_mlflow_run_id": mlflow_run_id})
+    saved += recreate_missing(cfg, model_name, data, ckpt_dir, progress)
     return TrainResult(run_dir, sorted(set(saved)), history, mlflow_run_id)
+
+
+def sgd_epoch(model: BiasFreeNet, opt, data: Dataset, batch_size: int, seed: int, epoch: int) -> None:
+    """One epoch of SGD, shuffled by a generator seeded with (seed, epoch); epoch 0 is the initialisation."""
+    if epoch == 0:
+        return
+    n = len(data.x_train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).to(data.x_train.device)
+    for i in range(0, n, batch_size):
+        idx = perm[i : i + batch_size]
+        opt.zero_grad(set_to_none=True)
+        hinge(model(data.x_train[idx]), data.y_train[idx]).mean().backward()
+        opt.step()
+
+
+def recreate_missing(cfg: RunConfig, model_name: str, data: Dataset, ckpt_dir: Path, progress: bool) -> list[Path]:
+    """Rewrite every scheduled checkpoint missing from `ckpt_dir` that training has passed.
+
+    Each is retrained from the nearest earlier scheduled checkpoint that loads (or the seeded
+    initialisation) with the same per-epoch shuffling, so it equals the lost file bit for bit."""
+    if not (ckpt_dir / LAST).exists():
+        return []
+    last = load_checkpoint(ckpt_dir / LAST)
+    reached = int(last["epoch"])
+    missing = [e for e in cfg.train.checkpoints if e <= reached and not (ckpt_dir / checkpoint_name(e)).exists()]
+    made = []
+    for target in missing:
+        spec, tcfg = cfg.models[model_name], cfg.train
+        torch.manual_seed(cfg.seed)
+        model = BiasFreeNet(spec, data.input_shape, seed=cfg.seed).to(data.x_train.device)
+        opt = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
+        history: dict = {"epoch": [], **{k: [] for k in HISTORY_KEYS}}
+        start, mlflow_run_id = 0, last.get("mlflow_run_id")
+        for e in sorted((e for e in tcfg.checkpoints if e < target), reverse=True):
+            if (ckpt_dir / checkpoint_name(e)).exists():
+                src = load_checkpoint(ckpt_dir / checkpoint_name(e), map_location=data.x_train.device)
+                with torch.no_grad():
+                    for p, w in zip(model.weights, src["weights"]):
+                        p.copy_(w)
+                opt.load_state_dict(src["optimizer"])
+                history = {k: list(v) for k, v in src["history"].items()}
+                start, mlflow_run_id = e + 1, src.get("mlflow_run_id")
+                break
+        for epoch in tqdm(range(start, target + 1), desc=f"recreate epoch {target}", disable=not progress,
+                          unit="epoch"):
+            sgd_epoch(model, opt, data, tcfg.batch_size, cfg.seed, epoch)
+            record_epoch(model, data, tcfg.lr, epoch, history)
+        made.append(save_checkpoint(ckpt_dir / checkpoint_name(target), checkpoint_payload(
+            cfg, model_name, data.input_shape, target, model.weights, opt.state_dict(), history, mlflow_run_id)))
+        print(f"recreated the missing checkpoint {made[-1]} (retrained from epoch {start - 1 if start else 'init'})")
+    return made
 

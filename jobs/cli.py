@@ -1,4 +1,4 @@
-"""Command line: `adaptsym {demo,train,measure,report,submit,bench}` (also `python -m adaptsym`).
+"""Command line: `adaptsym {demo,train,measure,report,verify,submit,bench}` (also `python -m adaptsym`).
 
 Lives in `jobs/` because `measure --ray` reaches the Ray services; the science in `adaptsym/`
 never imports Ray.
@@ -55,7 +55,7 @@ def cmd_measure(args) -> int:
     tracker = None if args.no_mlflow else Tracker(run_dir.parent, _experiment(run_dir, cfg))
     try:
         res = measure_run(run_dir, cfg=cfg, tracker=tracker, epochs=args.epochs, progress=not args.quiet,
-                          executor=executor)
+                          executor=executor, overwrite=args.overwrite)
     finally:
         if executor is not None:
             executor.close()
@@ -113,11 +113,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from adaptsym.verify import verify_run
+
+    problems, checked = verify_run(args.run)
+    for line in problems:
+        print(f"PROBLEM: {line}")
+    print(f"verify {args.run}: {len(problems)} problem(s) in {checked} checkpoints and arrays checked"
+          + ("" if problems else ": intact"))
+    return 1 if problems else 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def cmd_submit(args) -> int:
     from jobs.submit import submit
 
-    rest = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
-    return submit(args.job, rest, args.address, working_dir=args.working_dir, python=args.python,
+    return submit(args.job, args.job_args, args.address, working_dir=args.working_dir, python=args.python,
                   tracking_uri=args.tracking_uri, wait=not args.no_wait, timeout=args.timeout)
 
 
@@ -153,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
     m.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the tiles on Ray actors: a local cluster (no ADDRESS) or HOST:PORT of a running one")
-    m.add_argument("--actors", type=int, default=None, help="actors (default: one per GPU, else CPUs / threads)")
-    m.add_argument("--threads-per-actor", type=int, default=1)
+    m.add_argument("--actors", type=positive_int, default=None, help="actors (default: one per GPU, else CPUs / threads)")
+    m.add_argument("--threads-per-actor", type=positive_int, default=1, help="torch threads per actor (default 1)")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace finished measurements made with another measure config or checkpoint (default: refuse)")
     m.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")
     m.add_argument("--max-tile-retries", type=int, default=3)
     m.set_defaults(func=cmd_measure)
@@ -164,16 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-mlflow", action="store_true", help="do not log the report as MLflow artifacts")
     r.set_defaults(func=cmd_report)
 
-    j = sub.add_parser("submit", help="submit a job (train, measure, scale_sweep, nightly, benchmark) to a Ray cluster")
-    j.add_argument("job")
+    v = sub.add_parser("verify", help="check a run's checkpoints and zarr chunks; exit 0 only if intact")
+    v.add_argument("run", help="run directory")
+    v.set_defaults(func=cmd_verify)
+
+    from jobs.submit import JOBS
+
+    j = sub.add_parser("submit", help=f"submit a job ({', '.join(JOBS)}) to a Ray cluster",
+                       usage="adaptsym submit JOB [options] -- [the job's own arguments]")
+    j.add_argument("job", choices=JOBS, help="the job to run: python -m jobs.JOB on the cluster")
     j.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard / Jobs API URL")
     j.add_argument("--working-dir", default=".")
     j.add_argument("--python", default="python", help="the interpreter on the cluster")
     j.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the job (default: $MLFLOW_TRACKING_URI)")
     j.add_argument("--no-wait", action="store_true")
     j.add_argument("--timeout", type=float, default=3600)
-    j.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then the job's own arguments")
-    j.set_defaults(func=cmd_submit)
+    j.set_defaults(func=cmd_submit, job_args=[])
 
     b = sub.add_parser("bench", help="side-by-side speed ratios as JSON (jobs/benchmark.py)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
@@ -181,8 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """`submit`'s own options may come before or after the job name; the job's arguments follow `--`."""
+    parser = build_parser()
+    if argv[:1] == ["submit"]:
+        cut = argv.index("--") if "--" in argv else len(argv)
+        args, unknown = parser.parse_known_args(argv[:cut])
+        if unknown:
+            parser.error(f"submit: unrecognised options {unknown}; the job's own arguments go after `--`, e.g. "
+                         "adaptsym submit measure --address URL -- --run runs/demo-cnn")
+        args.job_args = argv[cut + 1 :]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except UserFacingError as exc:

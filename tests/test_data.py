@@ -97,3 +97,21 @@ def test_cifar_readers_agree(tmp_path, monkeypatch):
         a, la = read_cifar10_batches(d, train)
         b, lb = read_cifar10_torchvision(d, train)
         assert np.array_equal(a, b) and np.array_equal(la, lb)
+
+
+def test_cifar_reader_refuses_a_malicious_pickle(tmp_path):
+    """A pickle in a user-given folder that would run code is refused before it runs."""
+    d, _, _ = make_cifar_copy(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    with open(d / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(DataError, match=r"refusing to load .*: not part of the CIFAR-10 format"):
+        read_cifar10_batches(d, train=True)
+    assert not marker.exists()

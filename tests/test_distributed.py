@@ -138,23 +138,30 @@ def test_killed_driver_then_rerun_computes_only_missing_tiles(ray_cluster, refer
     assert_same(ref_dir, {3: ref.scalars[3]}, run_dir, {3: sc})
 
 
-def test_tile_failing_repeatedly_stops_with_its_name_and_resumes(ray_cluster, reference, tmp_path):
+def test_corrupt_tile_is_recomputed_and_a_failing_tile_stops_with_its_name(ray_cluster, reference, tmp_path):
     cfg, ref_dir, ref = reference
     run_dir = fresh_copy(ref_dir, tmp_path)
     with ray_executor(max_tile_retries=2) as ex:
         measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
         store = RunStore.for_run(run_dir)
-        store.mark_complete("epoch_0001", False)
         chunk = run_dir / "results.zarr" / "epoch_0001" / "hessian_entries" / "h" / "c" / "0" / "1"
         assert chunk.is_file()
-        chunk.write_bytes(b"\x00garbage, not a zarr chunk")  # a corrupt chunk on disk
-        with pytest.raises(TileError, match=r"entry_block\(1,\).*failed 3 times") as err:
+        # a finished tile whose chunk got corrupted (the run was interrupted before completion)
+        store.mark_complete("epoch_0001", False)
+        chunk.write_bytes(b"\x00garbage, not a zarr chunk")
+        res = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
+        assert res.scalars[1]["hessian_entries.tiles_computed"] == 1  # detected and recomputed, nothing else
+        assert_same(ref_dir, {1: ref.scalars[1]}, run_dir, res.scalars)
+        # a tile that fails every time (its chunk path is blocked) stops with its name, keeping the rest
+        store.mark_complete("epoch_0001", False)
+        chunk.unlink()
+        chunk.mkdir()
+        with pytest.raises(TileError, match=r"h_tile\(0, 1\).*failed 3 times") as err:
             measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
         assert "rerun the same command" in str(err.value)
-        done = store.root["epoch_0001/hessian_entries/tile_done"]
-        assert np.asarray(done[...]).all()  # everything finished so far is kept
-        chunk.unlink()  # repair: drop the bad chunk and mark its tile unfinished
-        done[0, 1] = 0
+        done = np.asarray(store.root["epoch_0001/hessian_entries/tile_done"][...])
+        assert done.sum() == done.size - 1 and done[0, 1] == 0  # everything finished so far is kept
+        chunk.rmdir()  # repair: unblock it and rerun
         res = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
     assert res.scalars[1]["hessian_entries.tiles_computed"] == 1
     assert_same(ref_dir, {1: ref.scalars[1]}, run_dir, res.scalars)

@@ -208,3 +208,50 @@ def test_manifests_parse_and_name_only_what_the_code_provides():
     makefile = (ROOT / "Makefile").read_text()
     assert "mlflow-server:" in makefile and "infra/mlflow/server.sh" in makefile
     assert "--host \"${MLFLOW_HOST:-127.0.0.1}\"" in (ROOT / "infra/mlflow/server.sh").read_text()
+
+
+def _pod_specs(obj):
+    """Every pod spec (a mapping with 'containers') anywhere in a manifest, nested YAML strings included."""
+    if isinstance(obj, dict):
+        if "containers" in obj:
+            yield obj
+        for v in obj.values():
+            yield from _pod_specs(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _pod_specs(v)
+    elif isinstance(obj, str) and obj.lstrip().startswith("apiVersion:"):
+        yield from _pod_specs(yaml.safe_load(obj))
+
+
+def test_every_container_is_locked_down_and_ray_shares_one_token():
+    pods = [(path, pod) for path, doc in _manifests() for pod in _pod_specs(doc)]
+    assert len(pods) >= 6
+    for path, pod in pods:
+        psc = pod.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) > 0, (path, psc)
+        for c in pod["containers"]:
+            where = (path.name, c["name"])
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(res.get(kind, {})), (where, kind)
+            image = c["image"]
+            assert ":" in image and not image.endswith(":latest"), where  # a version tag (or a digest)
+            if c["name"].startswith("ray-"):
+                env = {e["name"]: e for e in c.get("env", [])}
+                assert env["RAY_AUTH_MODE"]["value"] == "token", where
+                assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "adaptsym-ray-token",
+                                                                              "key": "auth_token"}, where
+                mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+                assert "/tmp" in mounts, where  # Ray's session files, with a read-only root
+    launcher = yaml.safe_load((ROOT / "cluster/ray-cluster-aws-gpu.yaml").read_text())
+    assert "~/.ray/auth_token" in launcher["file_mounts"].values()
+    assert any("RAY_AUTH_TOKEN_PATH" in o for o in launcher["docker"]["run_options"])
+    dockerfile = (ROOT / "infra/Dockerfile.gpu").read_text()
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    compose = (ROOT / "infra/mlflow/docker-compose.yaml").read_text()
+    assert "POSTGRES_PASSWORD: mlflow" not in compose and "${MLFLOW_DB_PASSWORD:?" in compose

@@ -168,7 +168,7 @@ def test_non_finite_entry_is_named_and_nothing_is_marked_complete(trained, tmp_p
     shutil.copytree(run_dir, broken)
     save_checkpoint(broken / "checkpoints" / "epoch_0003.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
     with pytest.raises(NonFiniteEntryError, match=r"checkpoint epoch 3: Hessian entry \d+ \(p="):
-        measure_run(broken, cfg=cfg, epochs=[3], progress=False)
+        measure_run(broken, cfg=cfg, epochs=[3], progress=False, overwrite=True)
     store = RunStore.for_run(broken, mode="r")
     assert not store.is_complete("epoch_0003")
 

@@ -1,0 +1,172 @@
+"""Corruption is detected and never read silently; finished work is never deleted silently (issue 14).
+
+Each test injects one fault into a copy of a real measured run and asserts the exact outcome: the
+error text, the exit code, and that nothing finished was deleted (surviving arrays byte-compared).
+"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from adaptsym.checkpoint import CheckpointError, content_digest, load_checkpoint
+from adaptsym.measure import MeasureConflictError, measure_run
+from adaptsym.report import render_report
+from adaptsym.runlock import RunLockedError, run_lock
+from adaptsym.store import CorruptDataError, RunStore
+from adaptsym.train import train
+from adaptsym.verify import verify_run
+from jobs.cli import main
+
+from .test_train_checkpoint import tiny_config
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    root = tmp_path_factory.mktemp("integrity")
+    cfg = tiny_config()
+    res = train(cfg, "mlp", root, progress=False)
+    measure_run(res.run_dir, cfg=cfg, progress=False)
+    return cfg, res.run_dir
+
+
+@pytest.fixture
+def run(measured, tmp_path):
+    cfg, run_dir = measured
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    return cfg, copy
+
+
+def chunk(run_dir, *parts):
+    return run_dir.joinpath("results.zarr", *parts)
+
+
+def snapshot(run_dir):
+    """Every chunk file of the store, as bytes (to prove nothing was deleted or rewritten)."""
+    base = run_dir / "results.zarr"
+    return {p.relative_to(base): p.read_bytes() for p in base.rglob("c/*") if p.is_file()} | \
+           {p.relative_to(base): p.read_bytes() for p in base.rglob("c/*/*") if p.is_file()}
+
+
+def test_intact_run_verifies(run, capsys):
+    _, run_dir = run
+    problems, checked = verify_run(run_dir)
+    assert problems == [] and checked > 50
+    assert main(["verify", str(run_dir)]) == 0
+    assert "0 problem(s)" in capsys.readouterr().out
+
+
+def test_garbled_chunk_is_named_by_report_verify_and_reads(run, capsys):
+    _, run_dir = run
+    f = chunk(run_dir, "epoch_0003", "hessian_entries", "corr_submatrix", "c", "0", "0")
+    data = bytearray(f.read_bytes())
+    data[20:52] = bytes(b ^ 0xFF for b in data[20:52])  # 32 flipped bytes, as in the issue
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptDataError, match=r"epoch_0003/hessian_entries/corr_submatrix: chunk \(0, 0\) is corrupt.*"
+                                               r"checksum mismatch"):
+        render_report(run_dir, log=lambda *_: None)
+    assert main(["report", str(run_dir), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corr_submatrix: chunk (0, 0) is corrupt" in err[0]  # one line, no traceback
+    assert main(["verify", str(run_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM: epoch_0003/hessian_entries/corr_submatrix: chunk (0, 0) is corrupt" in out
+
+
+def test_deleted_chunk_is_missing_not_zeros(run, capsys):
+    _, run_dir = run
+    f = chunk(run_dir, "epoch_0001", "hessian_entries", "z", "c", "0")
+    f.unlink()
+    store = RunStore.for_run(run_dir, mode="r")
+    with pytest.raises(CorruptDataError, match=r"epoch_0001/hessian_entries/z: chunk \(0,\) is missing"):
+        store.read("epoch_0001/hessian_entries", "z")
+    assert main(["verify", str(run_dir)]) == 1
+    assert "epoch_0001/hessian_entries/z: chunk (0,) is missing" in capsys.readouterr().out
+    # the fill value of a float array is NaN: a reader that bypasses the check still cannot see plausible zeros
+    arr = store.root["epoch_0001/hessian_entries/z"]
+    raw = np.asarray(arr[...])
+    lost = raw[: arr.chunks[0]]
+    assert np.isnan(lost).all() and not np.isnan(raw[arr.chunks[0]:]).any()
+
+
+def test_truncated_chunk_is_a_one_line_error(run, capsys):
+    _, run_dir = run
+    f = chunk(run_dir, "epoch_0000", "hessian_entries", "replicates", "c", "0", "0")
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    assert main(["report", str(run_dir), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adaptsym: error:")
+    assert "epoch_0000/hessian_entries/replicates: chunk (0, 0) is corrupt" in err[0]
+
+
+def test_garbled_checkpoint_of_the_same_size_is_refused_and_nothing_is_deleted(run, capsys):
+    cfg, run_dir = run
+    before = snapshot(run_dir)
+    f = run_dir / "checkpoints" / "epoch_0003.pt"
+    data = bytearray(f.read_bytes())
+    size = len(data)
+    # flip bytes inside the weight storage (the zip entries are stored uncompressed)
+    w = load_checkpoint(f)["weights"][0].numpy().tobytes()
+    at = bytes(data).find(w[:64])
+    assert at > 0
+    data[at + 8 : at + 16] = bytes(b ^ 0xFF for b in data[at + 8 : at + 16])
+    f.write_bytes(bytes(data))
+    assert f.stat().st_size == size
+    with pytest.raises(CheckpointError, match="does not match the checksum written when it was saved"):
+        load_checkpoint(f)
+    assert main(["measure", "--run", str(run_dir), "--no-mlflow", "--quiet", "--overwrite"]) == 2
+    assert "epoch_0003.pt does not match the checksum" in capsys.readouterr().err
+    assert snapshot(run_dir) == before  # the finished measurement of that checkpoint is untouched
+    assert main(["verify", str(run_dir)]) == 1
+
+
+def test_changed_measure_config_is_refused_naming_the_fields(run):
+    cfg, run_dir = run
+    before = snapshot(run_dir)
+    changed = cfg.model_copy(deep=True)
+    changed.measure.replicates = cfg.measure.replicates - 50
+    with pytest.raises(MeasureConflictError, match=rf"(?s)epoch_0000: replicates: {cfg.measure.replicates} -> "
+                                                   rf"{cfg.measure.replicates - 50}.*--overwrite"):
+        measure_run(run_dir, cfg=changed, progress=False)
+    assert snapshot(run_dir) == before
+    res = measure_run(run_dir, cfg=changed, epochs=[0], progress=False, overwrite=True)
+    assert RunStore.for_run(run_dir, mode="r").attrs("epoch_0000")["measure_config"]["replicates"] == \
+        cfg.measure.replicates - 50 and res.epochs == [0]
+
+
+def test_missing_checkpoint_is_named_and_training_recreates_it_bit_for_bit(run):
+    cfg, run_dir = run
+    f = run_dir / "checkpoints" / "epoch_0001.pt"
+    original = load_checkpoint(f)
+    f.unlink()
+    said = []
+    measure_run(run_dir, cfg=cfg, progress=False, log=said.append)
+    assert any("scheduled checkpoints [1]" in s for s in said)
+    assert verify_run(run_dir)[0] == [f"scheduled checkpoints [1] are missing; `adaptsym train` with the run's config "
+                                      "recreates them"]
+    train(cfg, "mlp", run_dir.parent, progress=False)
+    again = load_checkpoint(f)
+    assert all(torch.equal(a, b) for a, b in zip(original["weights"], again["weights"]))
+    assert again["sha256"] == original["sha256"] == content_digest(original)
+    assert verify_run(run_dir)[0] == []
+
+
+def test_second_writer_fails_fast_naming_the_holder(run):
+    cfg, run_dir = run
+    with run_lock(run_dir, "adaptsym measure (the first)"):
+        with pytest.raises(RunLockedError, match=rf"in use by `adaptsym measure \(the first\)` \(pid {os.getpid()} on"):
+            measure_run(run_dir, cfg=cfg, progress=False)
+        with pytest.raises(RunLockedError):
+            train(cfg, "mlp", run_dir.parent, progress=False)
+    measure_run(run_dir, cfg=cfg, progress=False)  # released
+
+
+@pytest.mark.parametrize("flag", ["--actors=-1", "--threads-per-actor=0"])
+def test_bad_actor_counts_are_clear_errors(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["measure", "--run", "x", "--ray", flag])
+    assert exc.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
