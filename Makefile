@@ -39,7 +39,13 @@ ray-head: $(STAMP)
 	@echo "Ray token: $${RAY_AUTH_TOKEN_PATH:-$$HOME/.ray/auth_token} (readable by you only). Clients on this machine"
 	@echo "  read it there with RAY_AUTH_MODE=token; on another machine copy it and set RAY_AUTH_TOKEN_PATH to the copy."
 	PATH=$(abspath $(BIN)):$$PATH RAY_AUTH_MODE=token $(BIN)/ray start --head --node-ip-address 127.0.0.1 \
-	  --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats
+	  --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 8265 --disable-usage-stats $(RAY_FIXED_PORTS)
+
+# Every port pinned, so that one firewall rule covers what Ray 2.60 cannot bind to 127.0.0.1
+# (docs/distributed.md); the autoscaler and dashboard metrics keep their fixed defaults 44217, 44227.
+RAY_FIXED_PORTS := --node-manager-port 6380 --object-manager-port 6381 --metrics-export-port 6382 \
+  --dashboard-agent-grpc-port 6383 --dashboard-agent-listen-port 6384 --runtime-env-agent-port 6385 \
+  --ray-client-server-port 6386 --min-worker-port 6400 --max-worker-port 6499
 
 ray-stop:
 	RAY_AUTH_MODE=token $(BIN)/ray stop
