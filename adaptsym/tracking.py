@@ -80,14 +80,32 @@ class Tracker:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            artifacts = None
-            if self.uri.startswith("sqlite:"):
-                artifacts = (self.runs_root / "mlartifacts").resolve().as_uri()
-            mlflow.create_experiment(experiment, artifact_location=artifacts)
-        mlflow.set_experiment(experiment)
+        with self._init_lock():  # processes sharing a sqlite store create its schema one at a time
+            exp = mlflow.get_experiment_by_name(experiment)
+            if exp is None:
+                artifacts = None
+                if self.uri.startswith("sqlite:"):
+                    artifacts = (self.runs_root / "mlartifacts").resolve().as_uri()
+                mlflow.create_experiment(experiment, artifact_location=artifacts)
+            mlflow.set_experiment(experiment)
         self.experiment = experiment
+
+    @contextlib.contextmanager
+    def _init_lock(self):
+        """A blocking lock beside a local sqlite store (two `train` runs at once raced on its schema)."""
+        if not self.uri.startswith("sqlite:"):
+            yield
+            return
+        import fcntl
+
+        path = Path(self.uri[len("sqlite:///"):]).with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def run(self, name: str, params: dict | None = None, tags: dict | None = None,

@@ -2,6 +2,7 @@
 
 Token authentication stays on: RAY_AUTH_MODE=token is set before Ray is imported. An address
 that does not answer is reported within seconds (Ray itself would retry for a minute or more).
+A local cluster started here ends with this process, even when it is killed (`services.reaper`).
 """
 
 from __future__ import annotations
@@ -52,9 +53,24 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
                 num_gpus = torch.cuda.device_count()
             ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
                      _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+            start_reaper()
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     return ray.cluster_resources()
+
+
+def start_reaper() -> None:
+    """A detached watcher that ends the local cluster this process started when this process dies,
+    even by SIGKILL (`services.reaper`)."""
+    import subprocess
+    import sys
+
+    import ray._private.worker as worker
+
+    session = worker._global_node.get_session_dir_path()
+    subprocess.Popen([sys.executable, "-m", "services.reaper", str(os.getpid()), session],
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def shutdown() -> None:

@@ -170,3 +170,25 @@ def test_bad_actor_counts_are_clear_errors(flag, capsys):
         main(["measure", "--run", "x", "--ray", flag])
     assert exc.value.code == 2
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_concurrent_trainings_share_a_fresh_mlflow_store(tmp_path):
+    """Two `adaptsym train` processes of different models into one fresh --out: both succeed
+    (they used to race on the sqlite schema), and each run is locked separately."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .test_train_checkpoint import tiny_config
+
+    cfg = tiny_config(epochs=1, checkpoints=(1,), name="pair").model_dump(mode="json")
+    cfg["models"]["mlp2"] = dict(cfg["models"]["mlp"])
+    path = tmp_path / "pair.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    procs = [subprocess.Popen([sys.executable, "-m", "adaptsym", "train", "--config", str(path), "--out",
+                               str(tmp_path / "runs"), "--model", m, "--quiet"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for m in ("mlp", "mlp2")]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]

@@ -65,3 +65,34 @@ def test_readme_cluster_recipe_from_a_fresh_home(tmp_path):
         stopped = make("ray-stop")
     assert stopped.returncode == 0
     assert not [p for p in ray_listeners()], "Ray processes survive `make ray-stop`"
+
+
+@pytest.mark.slow
+def test_killed_measure_driver_takes_its_local_cluster_with_it(tmp_path):
+    """`adaptsym measure --ray` killed with SIGKILL mid-run: none of the Ray processes it started
+    survives (before the reaper, its dashboard and runtime-env agents did, re-parented to init)."""
+    import signal
+    import time
+
+    from services.reaper import ray_descendants
+
+    run = train(tiny_config(), "mlp", tmp_path / "runs", progress=False).run_dir
+    driver = subprocess.Popen([str(BIN / "adaptsym"), "measure", "--run", str(run), "--ray", "--no-mlflow", "--quiet"],
+                              cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "token"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the actors run
+        started = ray_descendants(driver.pid)
+        if any("MeasureActor" in " ".join(p.cmdline()) for p in started if p.is_running()):
+            break
+        time.sleep(0.2)
+    names = {p.name() for p in started if p.is_running()}
+    assert any("Agent" in " ".join(p.cmdline()) for p in started), names  # the ones that used to survive
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(p.is_running() for p in started) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivors = [" ".join(p.cmdline())[:60] for p in started if p.is_running()]
+    assert survivors == [], survivors
