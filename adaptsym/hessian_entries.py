@@ -72,8 +72,8 @@ def compute_h(store, work: EntryWork, executor, progress: bool = False, log=prin
     done_arr = store.root[work.group]["tile_done"]
     done = np.asarray(done_arr[...])  # a missing tile_done chunk reads as 0: not done
     h = store.root[work.group]["h"]
-    marked = [t for t in work.tiles() if done[t]]
-    for fault, t in ((chunk_faults(store.path, h, [t]), t) for t in marked):
+    for t in work.tiles():
+        fault = chunk_faults(store.path, h, [t]) if done[t] else []
         if fault:
             log(f"{work.group}/h: tile {t} was marked done but its {fault[0]}; recomputing it")
             done[t] = done_arr[t] = 0

@@ -158,7 +158,6 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwr
     if gone:
         log(f"scheduled checkpoints {gone} of {run_dir} are missing; `adaptsym train` with the run's config recreates "
             "them. Measuring the others.")
-    store.set_attrs({"missing_checkpoints": gone})
     conflicts = []
     for epoch in wanted:  # before any group is touched
         group = checkpoint_group(epoch)
@@ -174,6 +173,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwr
         raise MeasureConflictError(
             f"{run_dir} already holds finished measurements that this one would replace:\n  " + "\n  ".join(conflicts)
             + "\nnothing was changed; rerun with --overwrite to replace them, or measure into a copy of the run")
+    store.set_attrs({"missing_checkpoints": gone})
 
     model_name = root.get("model_name", run_dir.name)
     ctx = tracker.run(f"measure-{run_dir.name}", params={"measure": mconf, "run_dir": str(run_dir)},

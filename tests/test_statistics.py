@@ -176,3 +176,30 @@ def test_mardia_matches_brute_force_and_detects_non_gaussianity():
     assert 0.3 < np.mean(gauss_p) < 0.7  # p-values ~ uniform under normality
     skewed = mardia(rng.exponential(size=(500, 4)))
     assert skewed["skew_p"] < 1e-6 and skewed["kurt_p"] < 1e-6
+
+
+@pytest.mark.parametrize("method", ["percentile", "bca"])
+@pytest.mark.parametrize("stat", ["skew", "kurtosis"])
+def test_confidence_interval_agrees_with_scipy(method, stat):
+    """Endpoints within 5% of the interval width of scipy.stats.bootstrap, on skewed samples."""
+    from adaptsym.bootstrap import confidence_interval
+
+    rng = np.random.default_rng(12)
+    x = rng.lognormal(0.0, 0.6, 150)
+    f = getattr(stats, stat)
+    lo, hi = confidence_interval(x, f, n_resamples=20000, method=method, rng=np.random.default_rng(1))
+    ref = stats.bootstrap((x,), f, n_resamples=20000, method="BCa" if method == "bca" else "percentile",
+                          random_state=np.random.default_rng(2)).confidence_interval
+    width = ref.high - ref.low
+    assert abs(lo - ref.low) <= 0.05 * width and abs(hi - ref.high) <= 0.05 * width, (lo, hi, ref)
+
+
+def test_confidence_interval_refuses_too_few_examples_and_flags_zero_variance():
+    from adaptsym.bootstrap import IntervalError, confidence_interval
+
+    with pytest.raises(IntervalError, match="at least 20"):
+        confidence_interval(np.arange(10.0), np.mean)
+    data = np.zeros((50, 3))
+    data[:, 1] = np.random.default_rng(0).standard_normal(50)
+    lo, hi = confidence_interval(data, lambda x: x.mean(axis=0), n_resamples=300, rng=np.random.default_rng(0))
+    assert np.isnan(lo[0]) and np.isnan(hi[2]) and lo[1] < 0 < hi[1]
