@@ -45,6 +45,10 @@ def compressors() -> list:
 
 
 ARRAY_CONFIG = {"write_empty_chunks": True}  # every chunk is a file: a missing one is a fault
+# The same for arrays opened again later (workers, resumes): zarr keeps this setting per process,
+# not in the array's metadata, and would skip a chunk equal to the fill value (an all-False
+# `valid` chunk when H = 0), which then reads as missing.
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 def default_fill(dtype) -> object:

@@ -192,3 +192,18 @@ def test_concurrent_trainings_share_a_fresh_mlflow_store(tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
+
+
+def test_a_chunk_equal_to_the_fill_value_is_written_by_a_reopened_array(tmp_path):
+    """H = 0 at a checkpoint makes every entry invalid: the workers, which reopen the store, write an
+    all-False `valid` chunk. It must be a file, or the intact run would read as missing data."""
+    import zarr
+
+    store = RunStore(tmp_path / "results.zarr")
+    store.create("epoch_0001/hessian_entries", "valid", (8,), ["entry"], chunks=(4,), dtype="bool", fill_value=False)
+    store.mark_complete("epoch_0001")
+    again = zarr.open_group(str(tmp_path / "results.zarr"), mode="a", zarr_format=3)
+    again["epoch_0001/hessian_entries/valid"][0:4] = np.zeros(4, dtype=bool)
+    again["epoch_0001/hessian_entries/valid"][4:8] = np.zeros(4, dtype=bool)
+    assert store.problems() == []
+    assert not store.read("epoch_0001/hessian_entries", "valid").any()
