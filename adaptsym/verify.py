@@ -32,7 +32,7 @@ def verify_run(run_dir: str | Path) -> tuple[list[str], int]:
             if "sha256" not in data:
                 problems.append(f"{path}: written without a checksum (an older adaptsym); it cannot be verified")
         except CheckpointError as exc:
-            problems.append(str(exc).split("; restore")[0].split("; delete")[0])
+            problems.append(str(exc))
     root = store.attrs()
     if "config" in root:
         gone = missing_scheduled(run_dir, parse_config(root["config"]))

@@ -32,6 +32,11 @@ N = 512
 ACTIVE = (512, 256, 128, 64, 32, 13, 3)
 
 
+def fisher_abs_z(r: np.ndarray, n: int) -> np.ndarray:
+    """|atanh(r)| sqrt(n - 3): the rule used before issue 11 (valid only for n bivariate-normal samples)."""
+    return np.abs(np.arctanh(np.clip(r, -1 + 1e-15, 1 - 1e-15))) * np.sqrt(n - 3)
+
+
 def comoment_truth(label: np.ndarray, tuples: np.ndarray) -> np.ndarray:
     """Which sampled tuples have a non-zero co-moment under planted groups and a shared mask."""
     out = np.empty(len(tuples), dtype=bool)
@@ -58,8 +63,7 @@ def one_setting(law: str, masks: str, active: int, rep: int, q: float) -> dict:
     row["corr.null_declared"] = res.n_nonzero / res.n_tests
     Z = standardise(h)
     r = (Z.T @ Z / N)[np.triu_indices(h.shape[1], 1)]
-    fisher = np.abs(np.arctanh(np.clip(r, -1 + 1e-15, 1 - 1e-15))) * np.sqrt(N - 3)
-    row["corr.null_declared_fisher"] = float(bh_reject(two_sided_p(fisher), q).mean())
+    row["corr.null_declared_fisher"] = float(bh_reject(two_sided_p(fisher_abs_z(r, N)), q).mean())
     row["corr.min_detectable_rho"] = detectability(active, res.n_tests, q).min_detectable_rho
 
     hp, label = drop_constant(*planted(N, 10, 5, active, law, masks, rng, k_null=150))

@@ -84,7 +84,8 @@ def _dropped_layer_pair_stratum(monkeypatch):
 
 MUTANTS = {  # mutation -> quantities the nightly must name (at least one of each set)
     "hvp_times_1.1": (_hvp_times_1_1, {"identity.H_theta_rel_error", "last.lambda_max"}),
-    "bootstrap_s_minus_1": (_bootstrap_s_minus_1, {"identity.bootstrap_weight_max_dev", "last.replicate_var_mean"}),
+    "bootstrap_s_minus_1": (_bootstrap_s_minus_1, {"identity.bootstrap_weight_max_dev", "identity.bootstrap_var_ratio",
+                                                   "last.replicate_var_mean"}),
     "hinge_margin_0.9": (_hinge_margin_0_9, {"identity.entries_vs_autograd_max_abs", "train.final_loss"}),
     "transposed_index_map": (_transposed_index_map, {"identity.entries_vs_autograd_max_abs"}),
     "fdr_q_ignored": (_fdr_q_ignored, {"identity.corr_counts_mismatch", "last.corr_n_nonzero"}),

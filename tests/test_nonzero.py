@@ -18,13 +18,10 @@ from adaptsym.correlation import coupling_counts, standardise
 from adaptsym.fdr import BD_CONSTANT, bh_reject, one_discovery_threshold, pvalue, two_sided_p
 from adaptsym.nonzero import detectability, product_t
 from adaptsym.nulls import drop_constant, null, planted
+from jobs.calibration import fisher_abs_z
 
 N, K, Q = 512, 200, 0.05
 ACTIVE = (512, 64, 13, 3)
-
-
-def fisher_abs_z(r, n):
-    return np.abs(np.arctanh(np.clip(r, -1 + 1e-15, 1 - 1e-15))) * np.sqrt(n - 3)
 
 
 def declared_fraction(h, **kw):
