@@ -49,11 +49,6 @@ def product_t(Zi: np.ndarray, Zj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return S / Zi.shape[0], self_normalised(S, Q)
 
 
-def products_t(x: np.ndarray) -> np.ndarray:
-    """T of each column of products x (n, T): sum over rows / sqrt(sum of squares)."""
-    return self_normalised(x.sum(axis=0), np.square(x).sum(axis=0))
-
-
 @dataclass(frozen=True)
 class Detectability:
     """What a non-zero test can see with `n_active` active examples among `m_tests` tests."""
