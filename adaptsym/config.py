@@ -69,11 +69,28 @@ class TeacherSpec(_Strict):
     seed: int = 1234
 
 
+class PatchSpec(_Strict):
+    """`photo-patches`: square crops of scikit-learn's two sample photographs, resized to 32x32."""
+
+    n_samples: int = Field(default=4096, gt=1)  # patches in all (half from each photograph)
+    min_side: int = Field(default=32, ge=8)  # crop side in pixels, drawn uniformly in [min_side, max_side]
+    max_side: int = Field(default=128, ge=8)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _sides(self) -> "PatchSpec":
+        if self.min_side > self.max_side or self.max_side > 400:
+            raise ValueError(f"need min_side <= max_side <= 400 (the photographs are 427 x 640), "
+                             f"got {self.min_side} and {self.max_side}")
+        return self
+
+
 class DataSpec(_Strict):
-    name: Literal["digits-binary", "cifar10-binary", "teacher"] = "digits-binary"
+    name: Literal["digits-binary", "cifar10-binary", "teacher", "photo-patches"] = "digits-binary"
     # cifar10-binary: directory that holds `cifar-10-batches-py/` (or that folder itself).
     root: str | None = None
     # Classes labelled +1 (the rest -1). digits: >=5; CIFAR-10: 5-9 (SPEC section 1).
+    # photo-patches ignores it: flower = +1, china = -1.
     positive_classes: list[int] = Field(default_factory=lambda: [5, 6, 7, 8, 9])
     # Held-out fraction for data sets without an official split (digits, teacher).
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -81,6 +98,7 @@ class DataSpec(_Strict):
     n_train: int | None = Field(default=None, gt=0)
     n_test: int | None = Field(default=None, gt=0)
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    patches: PatchSpec = Field(default_factory=PatchSpec)
 
 
 class TrainSpec(_Strict):

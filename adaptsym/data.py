@@ -3,6 +3,12 @@
 - `digits-binary`: scikit-learn's bundled 8x8 digits (1797 images), needs no network.
 - `cifar10-binary`: a local copy in the official `cifar-10-batches-py` pickle format, read
   by torchvision when it imports, else by `read_cifar10_batches` below. Never downloaded.
+- `photo-patches`: 3x32x32 crops of the two photographs scikit-learn ships (`china.jpg`, a
+  temple among trees; `flower.jpg`, a flower close-up; 427 x 640 each), labelled by their
+  photograph (flower +1, china -1). The paper's input shape on real images, offline. Crops have
+  a random side in [min_side, max_side], are resized to 32x32 (bilinear, antialiased) and
+  flipped at random. Test crops come only from the right `test_fraction` of each photograph's
+  width and training crops only from the rest, so no pixel is in both splits.
 - `teacher`: Gaussian inputs labelled by a random bias-free teacher MLP: +1 where its output
   is at least its median over the sample (balanced classes), else -1.
 
@@ -196,7 +202,52 @@ def load_teacher(spec: DataSpec, seed: int) -> Dataset:
     return _finish("teacher", spec, x[tr], y[tr], x[te], y[te])
 
 
-LOADERS = {"digits-binary": load_digits_binary, "cifar10-binary": load_cifar10_binary, "teacher": load_teacher}
+# --------------------------------------------------------------------------- photo patches
+
+
+def _crops(img, n: int, x_lo: int, x_hi: int, spec, rng: np.random.Generator) -> np.ndarray:
+    """n random square crops inside columns [x_lo, x_hi) of `img` (a PIL image), as (n, 3, 32, 32)."""
+    from PIL import Image
+
+    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    max_side = min(spec.max_side, x_hi - x_lo, img.height)
+    min_side = min(spec.min_side, max_side)
+    for i in range(n):
+        side = int(rng.integers(min_side, max_side + 1))
+        x0 = int(rng.integers(x_lo, x_hi - side + 1))
+        y0 = int(rng.integers(0, img.height - side + 1))
+        patch = img.crop((x0, y0, x0 + side, y0 + side)).resize((32, 32), Image.BILINEAR)
+        if rng.random() < 0.5:
+            patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
+        out[i] = np.asarray(patch)
+    return out.transpose(0, 3, 1, 2)
+
+
+def load_photo_patches(spec: DataSpec, seed: int) -> Dataset:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    p = spec.patches
+    rng = np.random.default_rng(np.random.SeedSequence([p.seed, seed]))
+    n_test = max(2, int(round(p.n_samples * spec.test_fraction)))
+    n_train = p.n_samples - n_test
+    sample = load_sample_images()
+    photos = {Path(f).stem: im for f, im in zip(sample.filenames, sample.images)}
+    parts = {"train": [], "test": []}
+    for label, name in ((-1.0, "china"), (1.0, "flower")):
+        img = Image.fromarray(photos[name])
+        cut = int(round(img.width * (1 - spec.test_fraction)))
+        for split, n, lo, hi in (("train", n_train, 0, cut), ("test", n_test, cut, img.width)):
+            k = n // 2 + (n % 2 if label > 0 else 0)
+            parts[split].append((_crops(img, k, lo, hi, p, rng), np.full(k, label, dtype=np.float32)))
+    (xtr, ytr), (xte, yte) = ((np.concatenate([a for a, _ in parts[s]]), np.concatenate([b for _, b in parts[s]]))
+                              for s in ("train", "test"))
+    ptr, pte = rng.permutation(len(xtr)), rng.permutation(len(xte))
+    return _finish("photo-patches", spec, xtr[ptr], ytr[ptr], xte[pte], yte[pte])
+
+
+LOADERS = {"digits-binary": load_digits_binary, "cifar10-binary": load_cifar10_binary, "teacher": load_teacher,
+           "photo-patches": load_photo_patches}
 
 
 def load_dataset(spec: DataSpec, seed: int = 0) -> Dataset:

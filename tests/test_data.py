@@ -115,3 +115,29 @@ def test_cifar_reader_refuses_a_malicious_pickle(tmp_path):
     with pytest.raises(DataError, match=r"refusing to load .*: not part of the CIFAR-10 format"):
         read_cifar10_batches(d, train=True)
     assert not marker.exists()
+
+
+def test_photo_patches_shape_labels_and_determinism():
+    spec = DataSpec(name="photo-patches", patches={"n_samples": 200}, test_fraction=0.25)
+    ds = load_dataset(spec, seed=0)
+    assert ds.input_shape == (3, 32, 32) and len(ds.x_train) == 150 and len(ds.x_test) == 50
+    assert set(ds.y_train.tolist()) == {-1.0, 1.0} and ds.y_train.sum() == 0 and ds.y_test.sum() == 0
+    assert torch.equal(load_dataset(spec, seed=0).x_train, ds.x_train)
+    assert not torch.equal(load_dataset(spec, seed=1).x_train, ds.x_train)
+
+
+def test_photo_patch_crops_stay_inside_their_columns():
+    """Train and test crops come from disjoint column ranges: an image whose red channel is its
+    column index shows which columns each crop read (bilinear resizing stays inside the crop)."""
+    from PIL import Image
+
+    from adaptsym.config import PatchSpec
+    from adaptsym.data import _crops
+
+    cols = np.tile(np.arange(200, dtype=np.uint8), (150, 1))
+    img = Image.fromarray(np.stack([cols, cols, cols], axis=-1))
+    rng = np.random.default_rng(0)
+    spec = PatchSpec(min_side=20, max_side=120)
+    left = _crops(img, 300, 0, 160, spec, rng)
+    right = _crops(img, 300, 160, 200, spec, rng)
+    assert left.max() <= 159 and right.min() >= 160 and left.shape == (300, 3, 32, 32)
