@@ -137,6 +137,11 @@ class SpectrumSpec(_Strict):
     steps: int = Field(default=64, gt=1)  # Lanczos steps per start
     grid: int = Field(default=401, gt=10)  # points of the smoothed density
     sigma_rel: float = Field(default=0.01, gt=0)  # Gaussian width / spectral range
+    # The Lanczos basis (steps x N): held in float32 ("operator": the operator's dtype), at most
+    # basis_budget_mb of it in RAM per process, the rest spilled to a temporary file in spill_dir.
+    basis_dtype: Literal["float32", "operator"] = "float32"
+    basis_budget_mb: float = Field(default=1024, ge=0)
+    spill_dir: str | None = None
 
 
 class CircuitSpec(_Strict):
@@ -178,6 +183,9 @@ class MeasureSpec(_Strict):
     mardia_dim: int = Field(default=8, gt=1)
     uncertainty_resamples: int = Field(default=200, gt=1)
     example_chunk: int = Field(default=256, gt=0)  # examples per per-example HVP chunk
+    # Pool HVPs (spectrum) reuse each chunk's first-order graph while all of them fit this many MB
+    # per process; above it they recompute it (forward-over-reverse), holding no graph.
+    hvp_graph_budget_mb: float = Field(default=1024, ge=0)
     column_chunk: int = Field(default=8, gt=0)  # columns per per-example HVP chunk
     dtype: Literal["float32", "float64"] = "float64"
     checkpoints: list[int] | None = None  # null = every checkpoint of the run

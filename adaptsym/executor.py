@@ -26,10 +26,11 @@ class LocalExecutor:
         for task in tqdm(tasks, desc=desc or method, disable=not progress, unit="tile", leave=False):
             on_result(task, getattr(blocks, method)(*task))
 
-    def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int):
+    def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int, graph_budget_mb: float | None = None):
         from .hvp import PoolHessian
 
-        return PoolHessian(model.plan, model.params(), x, y, chunk=chunk)
+        budget = None if graph_budget_mb is None else graph_budget_mb * 2**20
+        return PoolHessian(model.plan, model.params(), x, y, chunk=chunk, graph_budget_bytes=budget)
 
     def close(self) -> None:
         self._blocks = {}

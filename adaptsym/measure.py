@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
     want = set(mcfg.observables)
     out = []
     params = model.params()
-    op = executor.pool_hessian(model, ckpt, x, y, mcfg.dtype, mcfg.example_chunk)  # in process or sharded
+    op = executor.pool_hessian(model, ckpt, x, y, mcfg.dtype, mcfg.example_chunk,
+                               mcfg.hvp_graph_budget_mb)  # in process or sharded
     if "weights" in want:
         out.append(measure_weights(params, mcfg.histogram_bins))
     if "gradients" in want:
@@ -90,10 +92,19 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
         out.append(measure_hessian_entries(store, work, executor, model.n_params, progress))
     if "spectrum" in want:
         sp = mcfg.spectrum
-        out.append(measure_spectrum(op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, cfg.seed, epoch, progress))
+        out.append(measure_spectrum(op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, cfg.seed, epoch, progress,
+                                    sp.basis_dtype, sp.basis_budget_mb, sp.spill_dir))
     if "circuits" in want:
         out.append(measure_circuits(model.plan, params, x, y, mcfg.circuits.examples, mcfg.circuits.paths,
                                     cfg.seed, epoch))
+    return out
+
+
+def peak_rss_mb(executor) -> dict:
+    """Peak resident memory so far of this process and of each of the executor's workers (MB)."""
+    out = {"peak_rss_mb.driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    for i, info in enumerate(executor.info() if hasattr(executor, "info") else []):
+        out[f"peak_rss_mb.actor{i}"] = info["peak_rss_mb"]
     return out
 
 
@@ -205,6 +216,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwr
                 obs.write(store, group)
                 metrics.update(obs.metrics())
             metrics["measure_seconds"] = time.perf_counter() - t0
+            metrics.update(peak_rss_mb(executor))
             store.set_attrs({"scalars": metrics}, group=group)
             store.mark_complete(group)
             result.scalars[epoch] = metrics

@@ -21,7 +21,7 @@ import torch
 from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .hvp import one_hot_tangents
+from .hvp import active_examples, one_hot_tangents
 from .indexing import ParamIndex
 from .losses import hinge
 from .models import RowSelection, forward
@@ -72,7 +72,14 @@ def design_tile(plan, weights, index: ParamIndex, design, xb, yb, a0: int, a1: i
 
     The one tile function of both the single-process and the distributed paths: it builds the
     rows and columns these entries need, runs one batched pass, and reads the entries out.
+    Examples with margin > 1 have h = 0 exactly (hinge loss); the pass runs only on the others.
     """
+    act = active_examples(plan, weights, xb, yb, max(1, len(xb)))
+    if len(act) < len(xb):
+        out = np.zeros((len(xb), a1 - a0), dtype=np.float64)
+        if len(act):
+            out[act.cpu().numpy()] = design_tile(plan, weights, index, design, xb[act], yb[act], a0, a1)
+        return out
     rp, cp = design.row_pos[a0:a1], design.col_pos[a0:a1]
     rows_u, r_loc = np.unique(rp, return_inverse=True)
     cols_u, c_loc = np.unique(cp, return_inverse=True)

@@ -13,6 +13,7 @@ is v'Hv, so the Hutchinson trace estimate comes for free from the same starts.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,33 +22,115 @@ import torch
 from tqdm.auto import tqdm
 
 
+BLOCK_BYTES = 32 * 2**20  # basis rows are projected out in blocks of about this size
+
+
+class LanczosBasis:
+    """The Lanczos vectors of one start, memory bounded: rows live in RAM (in `dtype`, e.g.
+    float32 for a float64 operator) up to `budget_bytes`; later rows go to an unlinked temporary
+    file and are read back one block at a time. The projection is the same blockwise arithmetic
+    wherever a row lives, so spilling changes no bit of the result."""
+
+    def __init__(self, n: int, steps: int, dtype: torch.dtype, device=None, budget_bytes: float | None = None,
+                 spill_dir: str | None = None):
+        self.n, self.dtype, self.device = n, dtype, device
+        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        row = n * self.itemsize
+        self.block = max(1, int(BLOCK_BYTES // row))
+        cap = steps if budget_bytes is None else int(min(steps, max(0, budget_bytes // row)))
+        if cap < steps:  # whole blocks only: a block is either in RAM or on disk
+            cap = cap // self.block * self.block
+        self.mem = torch.empty((cap, n), dtype=dtype, device=device)
+        self.count = 0
+        self._spill_dir, self._file = spill_dir, None
+
+    @property
+    def in_memory(self) -> int:
+        return min(self.count, len(self.mem))
+
+    @property
+    def spilled(self) -> int:
+        return self.count - self.in_memory
+
+    def append(self, q: torch.Tensor) -> None:
+        q = q.detach().to(self.dtype)
+        if self.count < len(self.mem):
+            self.mem[self.count] = q
+        else:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(dir=self._spill_dir, prefix="adaptsym-lanczos-")
+            self._file.seek(self.spilled * self.n * self.itemsize)
+            self._file.write(q.cpu().numpy().tobytes())
+        self.count += 1
+
+    def _rows(self, start: int, stop: int) -> torch.Tensor:
+        if stop <= len(self.mem):
+            return self.mem[start:stop]
+        lo = start - len(self.mem)
+        self._file.seek(lo * self.n * self.itemsize)
+        buf = np.frombuffer(self._file.read((stop - start) * self.n * self.itemsize),
+                            dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
+        return torch.from_numpy(buf.copy()).reshape(stop - start, self.n).to(self.device)
+
+    def _blocks(self):
+        for a in range(0, self.count, self.block):
+            yield self._rows(a, min(a + self.block, self.count)).to(self._wdtype)
+
+    def project_out(self, w: torch.Tensor) -> torch.Tensor:
+        """w - Q'(Q w): one classical Gram-Schmidt pass against every stored row."""
+        self._wdtype = w.dtype
+        coef = torch.cat([blk @ w for blk in self._blocks()])
+        start = 0
+        for blk in self._blocks():
+            w = w - blk.T @ coef[start : start + len(blk)]
+            start += len(blk)
+        return w
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, steps: int,
-            reorth: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            reorth: bool = True, basis_dtype: torch.dtype | None = None, budget_bytes: float | None = None,
+            spill_dir: str | None = None, until: Callable[[list, list], bool] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Tridiagonal coefficients (alpha (m,), beta (m-1,)) from start v0 (normalised inside).
 
-    Full reorthogonalisation (twice, classical Gram-Schmidt) against all previous vectors,
-    which are kept in a (steps, N) tensor. Stops early on an invariant subspace.
+    Full reorthogonalisation (twice, classical Gram-Schmidt) against all previous vectors, held
+    by a `LanczosBasis` (in `basis_dtype`, default v0's; at most `budget_bytes` in RAM, the rest
+    spilled to disk). Stops early on an invariant subspace, or once `until(alpha, beta)` (the
+    coefficients so far) is true. Without `reorth` only the three-term recurrence runs and only
+    two vectors are kept.
     """
     n = v0.numel()
     steps = min(steps, n)
-    Q = torch.zeros((steps, n), dtype=v0.dtype, device=v0.device)
+    basis = LanczosBasis(n, steps if reorth else 0, basis_dtype or v0.dtype, v0.device, budget_bytes, spill_dir)
     q = v0 / v0.norm()
+    q_prev = None
     alpha, beta = [], []
-    for j in range(steps):
-        Q[j] = q
-        w = matvec(q)
-        a = torch.dot(q, w)
-        alpha.append(float(a))
-        if reorth:
-            for _ in range(2):
-                w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
-        else:
-            w = w - a * q - (beta[-1] * Q[j - 1] if j > 0 else 0)
-        b = float(w.norm())
-        if j == steps - 1 or b < 1e-12 * max(1.0, abs(alpha[0])):
-            break
-        beta.append(b)
-        q = w / b
+    try:
+        for j in range(steps):
+            if reorth:
+                basis.append(q)
+            w = matvec(q)
+            a = torch.dot(q, w)
+            alpha.append(float(a))
+            if until is not None and until(alpha, beta):
+                break
+            if reorth:
+                for _ in range(2):
+                    w = basis.project_out(w)
+            else:
+                w = w - a * q - (beta[-1] * q_prev if j > 0 else 0)
+            b = float(w.norm())
+            if j == steps - 1 or b < 1e-12 * max(1.0, abs(alpha[0])):
+                break
+            beta.append(b)
+            q_prev, q = q, w / b
+    finally:
+        basis.close()
     return np.array(alpha), np.array(beta)
 
 
@@ -56,6 +139,40 @@ def ritz(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
     theta, vec = np.linalg.eigh(T)
     return theta, vec[0] ** 2
+
+
+def _extremes(alpha: list, beta: list) -> tuple[float, float]:
+    theta = np.linalg.eigvalsh(np.diag(alpha) + np.diag(beta[: len(alpha) - 1], 1) + np.diag(beta[: len(alpha) - 1], -1))
+    return float(theta[0]), float(theta[-1])
+
+
+def extreme_eigenvalues(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, tol: float = 1e-3,
+                        max_steps: int = 100, **basis) -> tuple[float, float, int]:
+    """(lambda_min, lambda_max, products used): Lanczos from v0 until both extreme Ritz values move
+    by less than `tol` relative to the larger of |lambda_min|, |lambda_max| in one step.
+
+    Power iteration (PyHessian's `eigenvalues`) finds only the eigenvalue of largest modulus and
+    converges at the rate |lambda_2 / lambda_1|, which is slow for a Hessian whose spectrum is
+    nearly symmetric about 0 (tr H = 0 here); Lanczos converges on both ends at once."""
+    seen = []
+
+    def converged(alpha, beta):
+        seen.append(_extremes(alpha, beta))
+        if len(seen) < 2:
+            return False
+        return max(abs(x - y) for x, y in zip(seen[-1], seen[-2])) <= tol * max(map(abs, seen[-1]))
+
+    alpha, _ = lanczos(matvec, v0, max_steps, until=converged, **basis)
+    return seen[-1][0], seen[-1][1], len(alpha)
+
+
+def hutchinson(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, samples: int, rng: np.random.Generator,
+               dtype=torch.float64, device=None) -> tuple[float, float]:
+    """Hutchinson's estimate of tr H from `samples` Rademacher vectors, and its standard error."""
+    est = np.array([float(torch.dot(v, matvec(v))) for v in
+                    (torch.as_tensor(rng.choice([-1.0, 1.0], size=n), dtype=dtype, device=device)
+                     for _ in range(samples))])
+    return float(est.mean()), float(est.std(ddof=1) / np.sqrt(samples)) if samples > 1 else float("nan")
 
 
 @dataclass
@@ -86,13 +203,16 @@ class SLQResult:
 
 
 def slq(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, starts: int, steps: int,
-        rng: np.random.Generator, dtype=torch.float64, device=None, progress: bool = False) -> SLQResult:
+        rng: np.random.Generator, dtype=torch.float64, device=None, progress: bool = False,
+        **basis) -> SLQResult:
+    """`starts` Lanczos runs of `steps` from Rademacher vectors; `basis`: `lanczos`'s basis_dtype,
+    budget_bytes, spill_dir."""
     nodes = np.zeros((starts, steps))
     weights = np.zeros((starts, steps))
     vhv = np.zeros(starts)
     for s in tqdm(range(starts), desc="lanczos", disable=not progress, unit="start", leave=False):
         v = torch.as_tensor(rng.choice([-1.0, 1.0], size=n), dtype=dtype, device=device)
-        a, b = lanczos(matvec, v, steps)
+        a, b = lanczos(matvec, v, steps, **basis)
         th, w = ritz(a, b)
         nodes[s, : len(th)], weights[s, : len(th)] = th, w
         vhv[s] = a[0]
@@ -127,13 +247,17 @@ def default_sigma(nodes: np.ndarray, weights: np.ndarray, rel: float) -> float:
 
 
 def measure_spectrum(op, starts: int, steps: int, grid: int, sigma_rel: float, seed: int, epoch: int,
-                     progress: bool = False):
+                     progress: bool = False, basis_dtype: str = "float32", basis_budget_mb: float | None = None,
+                     spill_dir: str | None = None):
     """Observation 'spectrum' of the pool Hessian `op` (anything with .matvec and .n_params)."""
     from .observation import Observation
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x51C]))
     w0 = op.weights[0]
-    res = slq(op.matvec, op.n_params, starts, steps, rng, dtype=w0.dtype, device=w0.device, progress=progress)
+    bdtype = torch.float32 if basis_dtype == "float32" else w0.dtype
+    budget = None if basis_budget_mb is None else basis_budget_mb * 2**20
+    res = slq(op.matvec, op.n_params, starts, steps, rng, dtype=w0.dtype, device=w0.device, progress=progress,
+              basis_dtype=bdtype, budget_bytes=budget, spill_dir=spill_dir)
     obs = Observation("spectrum")
     obs.add("ritz_values", res.nodes, ["start", "ritz"])
     obs.add("ritz_weights", res.weights, ["start", "ritz"])

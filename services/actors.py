@@ -62,7 +62,9 @@ class MeasureActor:
             dtype = torch.float64 if p["dtype"] == "float64" else torch.float32
             model = model_from_checkpoint(p, dtype=dtype, device=self.device)
             x, y = p["x"].to(self.device, dtype), p["y"].to(self.device, dtype)
-            self.op = PoolHessian(model.plan, model.params(), x, y, chunk=p["chunk"])
+            self.op = None  # the last checkpoint's graphs go before the next ones are built
+            self.op = PoolHessian(model.plan, model.params(), x, y, chunk=p["chunk"],
+                                  graph_budget_bytes=p.get("graph_budget_bytes"))
             self.shard_key = key
         return self.op
 

@@ -110,8 +110,9 @@ class RayExecutor:
             bar.close()
 
     # ------------------------------------------------------------------ data-parallel operator
-    def pool_hessian(self, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int):
-        return ShardedHessian(self.actors, model, ckpt, x, y, dtype, chunk)
+    def pool_hessian(self, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,
+                     graph_budget_mb: float | None = None):
+        return ShardedHessian(self.actors, model, ckpt, x, y, dtype, chunk, graph_budget_mb)
 
     def close(self) -> None:
         for a in self.actors:
@@ -125,7 +126,8 @@ class ShardedHessian:
     Has what `adaptsym.spectrum` and `adaptsym.gradients` use of `PoolHessian`: `matvec`,
     `gradient`, `n_params`, `n`, `weights` (the driver's copy, for shapes, dtype and device)."""
 
-    def __init__(self, actors, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int):
+    def __init__(self, actors, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,
+                 graph_budget_mb: float | None = None):
         self.actors = actors
         self.weights = tuple(w.detach() for w in model.params())
         self.n = len(x)
@@ -133,7 +135,8 @@ class ShardedHessian:
         self.key = uuid.uuid4().hex
         shards = np.array_split(np.arange(self.n), len(actors))
         base = {"model_spec": ckpt["model_spec"], "input_shape": ckpt["input_shape"],
-                "weights": [w.detach().cpu() for w in ckpt["weights"]], "dtype": dtype, "chunk": chunk}
+                "weights": [w.detach().cpu() for w in ckpt["weights"]], "dtype": dtype, "chunk": chunk,
+                "graph_budget_bytes": None if graph_budget_mb is None else graph_budget_mb * 2**20}
         xc, yc = x.detach().cpu(), y.detach().cpu()
         self.refs = [ray.put({**base, "x": xc[idx], "y": yc[idx]}) for idx in shards]
 
