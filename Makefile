@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install mlflow-ui mlflow-server ray-head ray-stop bench clean
+.PHONY: demo test install mlflow-ui mlflow-server ray-head ray-stop bench gpu-check paper-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m jobs.benchmark
+
+# one JSON object: vgg12 ratios on CUDA, a short Ray measurement on the GPUs, plan vs measured
+gpu-check: $(STAMP)
+	$(BIN)/python -m jobs.gpu_check
+
+# the paper's vgg12 at full width on the offline photo-patches, 2 actors (about 30 min on 2 cores)
+paper-cpu: $(STAMP)
+	$(BIN)/adaptsym plan configs/paper-cpu.yaml --devices cpu:2 --actors 2
+	$(BIN)/adaptsym train --config configs/paper-cpu.yaml
+	$(BIN)/adaptsym measure --run runs/paper-cpu-vgg12 --ray --actors 2 --num-cpus 2
 
 # Opens the local MLflow store that `make demo` writes (runs/mlflow.db), on 127.0.0.1 only.
 mlflow-ui: $(STAMP)

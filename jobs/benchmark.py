@@ -5,15 +5,20 @@
 Every ratio compares two timings taken in the same process, interleaved, as the minimum
 over repeats after a warm-up. Absolute times are printed too but mean little on a CPU.
 
-- hvp_over_grad: one pool HVP (forward-over-reverse) / one pool gradient.
+- hvp_over_grad: one pool HVP by the default method (through stored first-order graphs while
+  they fit their budget) / one pool gradient; hvp_fwd_rev_over_grad: the same for
+  forward-over-reverse, which recomputes the graph for every product.
 - hvp_fwd_over_rev_vs_double_backward: forward-over-reverse HVP / double-backward HVP.
 - per_example_entries_over_hvp: per-example entries h of |J| columns over n examples /
-  |J| pool HVPs on the same n examples (the limit to aim at is about 1).
+  |J| forward-over-reverse pool HVPs on the same n examples (the limit to aim at is about 1);
+  per_example_entries_over_default_hvp: the same over default-method HVPs.
+- seconds_per_example_column: per-example entries' seconds per example and column.
+- peak_rss_mb (per model): this process's peak resident memory after the model's timings.
 - bootstrap_reweight_speedup: B replicates recomputed directly / the reweighting path
   (per-example entries + one matrix product) at B=1000, s=64, n=1024. Ideal: B s / n
   divided by per_example_entries_over_hvp.
-- slq_seconds_per_lanczos_step_over_hvp: one Lanczos step (HVP + full reorthogonalisation)
-  / one HVP, from 16 steps (target <= 1.2 on the demo CNN).
+- slq_seconds_per_lanczos_step_over_hvp: one Lanczos step (default-method HVP + full
+  reorthogonalisation against a float32 basis) / one HVP, from 16 steps (8 for vgg12; target <= 1.2).
 - ray_two_actor_speedup (--ray): h-tile throughput of 2 actors over 1, torch threads 1 per
   actor, on a local 2-CPU cluster (target >= 1.6).
 - ray_overhead_fraction (--ray): 1 - actor compute time / (actors x wall time) of the distributed
@@ -66,7 +71,7 @@ def side_by_side(fns: dict, repeats: int = 5) -> dict:
 
 
 def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, column_chunk: int,
-                boot_cols: int, B: int, s: int, repeats: int) -> dict:
+                boot_cols: int, B: int, s: int, repeats: int, steps: int = 16) -> dict:
     from adaptsym.bootstrap import multinomial_counts, replicates, replicates_direct
     from adaptsym.entries import block_design
     from adaptsym.hvp import PoolHessian, one_hot_tangents
@@ -74,23 +79,40 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
     from adaptsym.spectrum import lanczos
 
     rng = np.random.default_rng(0)
-    op = PoolHessian(model.plan, model.params(), x, y)
+    op = PoolHessian(model.plan, model.params(), x, y, method="fwd-rev")
+    gop = PoolHessian(model.plan, model.params(), x, y)  # the default: stored graphs while they fit
     dbl = PoolHessian(model.plan, model.params(), x, y, method="double-backward")
     v = tuple(torch.randn_like(w) for w in model.params())
     design = block_design(model.index, n_rows, n_cols, rng)
     cols = one_hot_tangents(model.index, design.cols, model.params())
     singles = [tuple(t[j] for t in cols) for j in range(n_cols)]
     flat = torch.randn(model.n_params, dtype=x.dtype, device=x.device)
-    steps = 16
     t = side_by_side({
-        "matvec": lambda: op.matvec(flat),
-        "lanczos_step": lambda: lanczos(op.matvec, flat, steps),
+        "matvec": lambda: gop.matvec(flat),
+        "lanczos_step": lambda: lanczos(gop.matvec, flat, steps, basis_dtype=torch.float32),
         "grad": lambda: op.gradient(),
         "hvp": lambda: op.hvp(v),
+        "hvp_default": lambda: gop.hvp(v),
         "hvp_double_backward": lambda: dbl.hvp(v),
         "J_hvps": lambda: [op.hvp(c) for c in singles],
         "per_example": lambda: design_entries(model.plan, model.params(), x, y, design, example_chunk, column_chunk),
     }, repeats)
+    per_ex = t["per_example"] / t["J_hvps"]
+    out = {
+        "n_params": model.n_params, "n_pool": len(x), "n_active": op.n_active, "cols": n_cols, "rows": n_rows,
+        "hvp_method_default": gop.method, "graph_mb": gop.graph_bytes / 2**20,
+        "hvp_over_grad": t["hvp_default"] / t["grad"],
+        "hvp_fwd_rev_over_grad": t["hvp"] / t["grad"],
+        "hvp_fwd_over_rev_vs_double_backward": t["hvp"] / t["hvp_double_backward"],
+        "per_example_entries_over_hvp": per_ex,
+        "per_example_entries_over_default_hvp": t["per_example"] / (n_cols * t["hvp_default"]),
+        "seconds_per_example_column": t["per_example"] / (len(x) * n_cols),
+        "slq_seconds_per_lanczos_step_over_hvp": t["lanczos_step"] / steps / t["matvec"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": {k: float(v) for k, v in t.items()},
+    }
+    if B == 0:
+        return out
     # bootstrap: reweighting vs direct recomputation, on a smaller design (direct is slow)
     bdesign = block_design(model.index, n_rows, boot_cols, rng)
     counts = multinomial_counts(len(x), s, B, rng)
@@ -100,17 +122,9 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
         "direct": lambda: replicates_direct(model.plan, model.params(), x, y, bdesign.rows, bdesign.cols,
                                             bdesign.row_pos, bdesign.col_pos, counts),
     }, repeats=1)
-    per_ex = t["per_example"] / t["J_hvps"]
-    return {
-        "n_params": model.n_params, "n_pool": len(x), "cols": n_cols, "rows": n_rows,
-        "hvp_over_grad": t["hvp"] / t["grad"],
-        "hvp_fwd_over_rev_vs_double_backward": t["hvp"] / t["hvp_double_backward"],
-        "per_example_entries_over_hvp": per_ex,
-        "slq_seconds_per_lanczos_step_over_hvp": t["lanczos_step"] / steps / t["matvec"],
-        "bootstrap_reweight_speedup": tb["direct"] / tb["reweight"],
-        "bootstrap_reweight_ideal": B * s / len(x) / per_ex,
-        "seconds": {k: float(v) for k, v in {**t, **tb}.items()},
-    }
+    out.update(bootstrap_reweight_speedup=tb["direct"] / tb["reweight"], bootstrap_reweight_ideal=B * s / len(x) / per_ex)
+    out["seconds"].update({k: float(v) for k, v in tb.items()})
+    return out
 
 
 def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
@@ -199,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--vgg12", action="store_true", help="also vgg12 at full width on random CIFAR-shaped data")
+    p.add_argument("--vgg12-n", type=int, default=None, help="vgg12 pool examples (default 32 on CPU, 256 on CUDA)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--ray", action="store_true", help="also the Ray ratios (a local 2-CPU cluster)")
     p.add_argument("--ray-model", default="cnn")
@@ -224,10 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         out["models"][name] = bench_model(model, x, y, args.cols, args.rows, mcfg.example_chunk, mcfg.column_chunk,
                                           args.boot_cols, args.replicates, args.s, args.repeats)
     if args.vgg12:
+        # full width on CIFAR-shaped random data (all examples active: the costliest case); sized
+        # to stay under 15 minutes on 2 CPU cores: 32 examples, 2 columns, 8 Lanczos steps, no
+        # direct bootstrap (the demo models measure that ratio)
+        n = args.vgg12_n or (256 if device.type == "cuda" else 32)
         model = BiasFreeNet(ModelSpec(kind="vgg12"), (3, 32, 32), seed=0).to(device)
-        gx = torch.randn(256, 3, 32, 32, device=device)
-        gy = torch.where(torch.rand(256, device=device) < 0.5, -1.0, 1.0)
-        out["models"]["vgg12"] = bench_model(model, gx, gy, 4, 256, 128, 2, 1, 100, 32, 3)
+        g = torch.Generator().manual_seed(0)
+        gx = torch.randn(n, 3, 32, 32, generator=g).to(device)
+        gy = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).to(device)
+        gy = torch.where(model(gx).detach() >= 0, -1.0, 1.0)  # margins < 1: every example active
+        out["models"]["vgg12"] = bench_model(model, gx, gy, 2, 256, min(n, 128), 2, 1, 0, 32, 2, steps=8)
     if args.ray:
         out["ray"] = bench_ray(cfg, data, args.ray_model, min(args.n, cfg.measure.pool_size))
     if not args.skip_memory:

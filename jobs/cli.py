@@ -1,4 +1,4 @@
-"""Command line: `adaptsym {demo,train,measure,report,verify,submit,bench}` (also `python -m adaptsym`).
+"""Command line: `adaptsym {demo,train,measure,plan,report,verify,submit,bench}` (also `python -m adaptsym`).
 
 Lives in `jobs/` because `measure --ray` reaches the Ray services; the science in `adaptsym/`
 never imports Ray.
@@ -138,6 +138,33 @@ def cmd_submit(args) -> int:
                   tracking_uri=args.tracking_uri, wait=not args.no_wait, timeout=args.timeout)
 
 
+def cmd_plan(args) -> int:
+    import os
+
+    import torch
+
+    from adaptsym.plan import PlanError, check_fits, format_plan, measure_throughput, parse_devices, plan_json, predict
+
+    cfg = load_config(args.config)
+    kind, count = parse_devices(args.devices or f"cpu:{os.cpu_count() or 1}")
+    actors = args.actors if args.actors else (count if kind == "cuda" else None)
+    threads = max(1, count // actors) if kind == "cpu" and actors else (count if kind == "cpu" else 1)
+    device = torch.device("cuda" if kind == "cuda" else "cpu")
+    code = 0
+    for name in _models(cfg, args.model):
+        tp = measure_throughput(cfg, name, device, threads)
+        plan = predict(cfg.model_copy(update={"models": {name: cfg.models[name]}}), tp, kind, count, actors,
+                       f"{Path(args.config).name} [{name}]")
+        print(plan_json(plan, tp) if args.json else format_plan(plan, tp))
+        try:
+            check_fits(plan, actors or 0)
+        except PlanError as exc:
+            if not args.force:
+                print(f"adaptsym: error: {exc}", file=sys.stderr)
+                code = 2
+    return code
+
+
 def cmd_bench(args) -> int:
     from jobs.benchmark import main as bench_main
 
@@ -199,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--no-wait", action="store_true")
     j.add_argument("--timeout", type=float, default=3600)
     j.set_defaults(func=cmd_submit, job_args=[])
+
+    pl = sub.add_parser("plan", help="predict a job's wall time and peak memory per process before running it",
+                        description="Measures the configured model's throughputs here (under a minute) and predicts "
+                                    "train + measure at every checkpoint: seconds per phase, peak RSS per process. "
+                                    "Exits 2 when the processes would need more memory than is available.")
+    pl.add_argument("config")
+    pl.add_argument("--devices", default=None, help="cpu:N or cuda:N (default: cpu:<all cores>)")
+    pl.add_argument("--actors", type=positive_int, default=None,
+                    help="Ray actors for measure --ray (default: in process on CPU, one per GPU on cuda)")
+    pl.add_argument("--model", default=None, help="one model of the config (default: all)")
+    pl.add_argument("--json", action="store_true", help="print the plan and the throughputs as JSON")
+    pl.add_argument("--force", action="store_true", help="exit 0 even when the plan does not fit in memory")
+    pl.set_defaults(func=cmd_plan)
 
     b = sub.add_parser("bench", help="side-by-side speed ratios as JSON (jobs/benchmark.py)")
     b.add_argument("rest", nargs=argparse.REMAINDER)

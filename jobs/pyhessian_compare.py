@@ -95,7 +95,13 @@ def compare(name: str, state: str, steps: int, starts: int, trace_samples: int, 
     n = sum(p.numel() for p in params)
     rng = lambda k: np.random.default_rng(k)
     ours = lambda: PoolHessian(model.plan, params, x, y)
-    theirs = lambda: hessian(model, criterion, data=(x, y), cuda=False)
+
+    def theirs():
+        # PyHessian calls loss.backward(create_graph=True), which adds to .grad: without this, a
+        # second construction would hold the sum of two graphs (2H, and twice the cost)
+        model.zero_grad(set_to_none=True)
+        return hessian(model, criterion, data=(x, y), cuda=False)
+
     start = lambda: torch.as_tensor(rng(1).choice([-1.0, 1.0], n), dtype=dtype)
 
     ref_op = ours()
@@ -155,6 +161,7 @@ def compare(name: str, state: str, steps: int, starts: int, trace_samples: int, 
     out["density"]["moment2_gap_over_spread"] = abs(np.mean(m2["pyhessian"]) - np.mean(m2["adaptsym"])) / max(
         np.ptp(m2["pyhessian"] + m2["adaptsym"]), 1e-300)
     torch.set_default_dtype(torch.float32)
+    model.zero_grad(set_to_none=True)
     return out
 
 

@@ -38,7 +38,18 @@ class MeasureActor:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None}
+                "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None,
+                "tensor_devices": self._tensor_devices()}
+
+    def _tensor_devices(self) -> list[str]:
+        """Devices of the tensors this actor computes with (its pool shard and its tile model)."""
+        found = set()
+        if self.op is not None:
+            found |= {str(t.device) for t in (*self.op.weights, self.op.x)}
+        if self.blocks is not None and self.blocks._model is not None:
+            model, x, _ = self.blocks._model
+            found |= {str(t.device) for t in (*model.params(), x)}
+        return sorted(found)
 
     def run(self, key: tuple, work_ref: list, method: str, task: tuple):
         """(result, compute seconds). `work_ref` is [ObjectRef]: fetched only for a new checkpoint."""

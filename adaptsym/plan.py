@@ -1,0 +1,311 @@
+"""`adaptsym plan CONFIG`: the predicted wall time and peak memory of a whole job, before it runs.
+
+A job is `adaptsym train` (single process, all threads) followed by `adaptsym measure` at every
+checkpoint, in process or over K actors (`--ray`). The prediction is arithmetic on throughputs
+measured here, in well under a minute, on the configured model, data, dtype and device:
+
+- per example: an SGD step, a forward pass, a gradient, a pool HVP through the stored first-order
+  graph and one by forward-over-reverse, and the graph's saved bytes;
+- per example-column: one real h tile (`per_example.design_tile`) of the configured design;
+- the statistics' kernels at the configured sizes (bootstrap reweighting B x n x K, the K x K
+  correlation products), weight histograms and sampled circuits;
+- the resident memory of a fresh interpreter with torch and adaptsym imported.
+
+Cost model (n pool examples, a of them active, N weights, K entries, |J| columns, K actors):
+  train     = epochs x (n_train x (sgd + gradient) + (n_train + n_test) x forward)
+  entries   = a x |J| x tile / K                      (examples with margin > 1 are skipped)
+  spectrum  = starts x steps x (a x hvp / K + reorthogonalisation + K vector transfers)
+  gradients = a x gradient / K;  statistics, histograms, circuits as measured
+plus a fixed start-up and per-checkpoint overhead. The active fraction is the one measured at the
+initialisation; later checkpoints usually have fewer active examples, so the prediction is an
+upper bound there. Peak memory per process is the interpreter's plus the counted arrays: weight
+copies, data, the Lanczos basis (up to its budget), graphs (up to their budget), one tile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .errors import UserFacingError
+
+STARTUP_S = 8.0  # interpreter, imports, store and tracker set-up (measured on the demo: 5-10 s)
+RAY_STARTUP_S = 12.0  # a local Ray head and K actors (measured: 10-15 s)
+CHECKPOINT_OVERHEAD_S = 1.5  # per checkpoint: load, zarr writes, MLflow
+RAY_WORKER_EXTRA_MB = 150.0  # a Ray worker process over a plain interpreter (measured: 120-180 MB)
+
+
+class PlanError(UserFacingError, ValueError):
+    """A plan that cannot be made (devices this machine lacks) or that does not fit."""
+
+
+def parse_devices(spec: str) -> tuple[str, int]:
+    """'cpu:2' -> ('cpu', 2), 'cuda:8' -> ('cuda', 8); `cuda` needs a CUDA device here."""
+    kind, _, count = spec.partition(":")
+    if kind not in ("cpu", "cuda") or not count.isdigit() or int(count) < 1:
+        raise PlanError(f"--devices must look like cpu:2 or cuda:8, got {spec!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PlanError(f"--devices {spec}: torch sees no CUDA device on this machine; plan for cpu:N here, or run "
+                        "plan on a GPU machine")
+    return kind, int(count)
+
+
+@dataclass
+class Throughput:
+    """Seconds per unit and bytes per unit, measured here for one model (`measure_throughput`)."""
+
+    device: str
+    threads: int
+    n_params: int
+    itemsize: int
+    active_fraction: float
+    sgd_s: float  # per example
+    forward_s: float
+    gradient_s: float
+    hvp_graph_s: float
+    hvp_fwdrev_s: float
+    graph_bytes: float  # per example
+    tile_s: float  # per example-column
+    tile_peak_mb: float  # per example of a tile
+    histogram_s: float  # weights + gradients histograms, per checkpoint
+    circuits_s: float  # per checkpoint
+    statistics_s: float  # per checkpoint
+    vector_s: float  # one pass over an N-vector (reorthogonalisation and transfer unit)
+    data_s: float
+    data_mb: float
+    n_train: int
+    n_test: int
+    base_rss_mb: float
+    seconds: float = 0.0  # how long the measurement took
+
+
+@dataclass
+class Plan:
+    config: str
+    devices: str
+    actors: int
+    seconds: dict = field(default_factory=dict)
+    peak_rss_mb: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+
+def _best(fn, repeats: int = 2) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def interpreter_rss_mb() -> float:
+    """Peak RSS of a fresh interpreter that imports what a measuring process imports."""
+    code = ("import resource, torch, zarr, numpy, scipy.stats; import adaptsym.measure; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, threads: int,
+                       sample: int = 8) -> Throughput:
+    """Time the job's kernels on `sample` examples of the configured data and model."""
+    from .circuits import measure_circuits
+    from .data import load_dataset
+    from .entries import make_design
+    from .hvp import PoolHessian, active_examples
+    from .measure import select_pool
+    from .models import BiasFreeNet
+    from .per_example import design_tile
+    from .weights import measure_weights
+
+    t_start = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    mc = cfg.measure
+    dtype = torch.float64 if mc.dtype == "float64" else torch.float32
+    t0 = time.perf_counter()
+    data = load_dataset(cfg.data, cfg.seed)
+    data_s = time.perf_counter() - t0
+    data_mb = (data.x_train.nbytes + data.x_test.nbytes) / 2**20
+    model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=torch.float32).to(device)
+    b = min(sample, len(data.x_train))
+    xb, yb = data.x_train[:b].to(device), data.y_train[:b].to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
+
+    def sgd():
+        opt.zero_grad(set_to_none=True)
+        torch.clamp(1.0 - yb * model(xb), min=0).mean().backward()
+        opt.step()
+
+    torch.set_num_threads(old_threads)
+    sgd_s = _best(sgd) / b
+    with torch.no_grad():
+        forward_s = _best(lambda: model(xb)) / b
+    model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=dtype).to(device)
+    px, py = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), min(mc.pool_size,
+                         len(data.x_train)), cfg.seed)
+    active = len(active_examples(model.plan, model.params(), px, py, mc.example_chunk)) / len(px)
+    xb, yb = px[:b], py[:b]
+    torch.set_num_threads(threads)  # worker-side kernels at the workers' thread count
+    # only active examples cost: time on a batch made all active (the margin test is part of it)
+    yb = torch.where(model(xb).detach() >= 0, -1.0, 1.0).to(dtype)  # wrong side of 0: margin < 1
+    op = PoolHessian(model.plan, model.params(), xb, yb, method="fwd-rev")
+    gradient_s = _best(op.gradient) / b
+    v = torch.randn(op.n_params, dtype=dtype, device=device)
+    hvp_fwdrev_s = _best(lambda: op.matvec(v)) / b
+    design = make_design(mc.design, model.index, cfg.seed)
+    ea = min(design.entry_chunk(mc.column_chunk), design.n_entries)
+    cols = max(1, mc.column_chunk if design.kind == "block" else ea)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tile_s = _best(lambda: design_tile(model.plan, model.params(), model.index, design, xb, yb, 0, ea)) / (b * cols)
+    tile_peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024 / b
+    graph = PoolHessian(model.plan, model.params(), xb, yb, method="graph")
+    t0 = time.perf_counter()
+    graph.matvec(v)
+    build = time.perf_counter() - t0
+    hvp_graph_s = _best(lambda: graph.matvec(v)) / b
+    graph_bytes = graph.graph_bytes / b
+    hvp_graph_s += build / b / max(1, mc.spectrum.steps * mc.spectrum.starts)  # the one build, spread
+    del graph
+    torch.set_num_threads(old_threads)
+    histogram_s = 2 * _best(lambda: measure_weights(model.params(), mc.histogram_bins), 1)
+    ce = max(1, min(2, mc.circuits.examples))
+    circuits_s = _best(lambda: measure_circuits(model.plan, model.params(), px[:ce], py[:ce], ce, mc.circuits.paths,
+                                                cfg.seed, 0), 1) * mc.circuits.examples / ce
+    statistics_s = statistics_seconds(cfg, design.n_entries)
+    big = torch.randn(model.n_params, dtype=torch.float64)
+    vector_s = _best(lambda: (big * 1.0001).sum(), 3)
+    return Throughput(str(device), threads, model.n_params, torch.empty(0, dtype=dtype).element_size(), active,
+                      sgd_s, forward_s, gradient_s, hvp_graph_s, hvp_fwdrev_s, graph_bytes, tile_s, tile_peak_mb,
+                      histogram_s, circuits_s, statistics_s, vector_s, data_s, data_mb, len(data.x_train),
+                      len(data.x_test), interpreter_rss_mb(),
+                      time.perf_counter() - t_start)
+
+
+def statistics_seconds(cfg: RunConfig, n_entries: int) -> float:
+    """The entry statistics' dominant kernels at the configured sizes: bootstrap reweighting
+    (B x n) @ (n x K), the correlation products over all K^2 / 2 pairs, and the co-moment tuples."""
+    mc = cfg.measure
+    n, K, B = mc.pool_size, n_entries, mc.replicates
+    rng = np.random.default_rng(0)
+    k = min(K, 1024)
+    h = rng.standard_normal((n, k))
+    counts = rng.standard_normal((B, n))
+    boot = _best(lambda: counts @ h, 1) * K / k
+    corr = _best(lambda: h.T @ h, 1) * (K / k) ** 2
+    tuples = K * mc.tuples_per_entry * 2  # co-skewness and co-kurtosis
+    prod = _best(lambda: h[:, : min(k, 256)].prod(axis=1).sum(), 3) * tuples * 4  # about 4 n-vector passes each
+    return 3 * boot + 4 * corr + prod  # replicates twice plus moments; two correlation passes with t-stats
+
+
+def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int | None,
+            config_name: str = "") -> Plan:
+    """The job's wall time per phase and peak RSS per process, from measured throughputs."""
+    mc, tc = cfg.measure, cfg.train
+    ray = actors is not None
+    k = actors if ray else 1
+    plan = Plan(config_name or cfg.name, f"{kind}:{devices}", k)
+    n_models = len(cfg.models)
+    n_train, n_test = tp.n_train, tp.n_test
+    ckpts = len(mc.checkpoints) if mc.checkpoints is not None else len(tc.checkpoints)
+    n = mc.pool_size
+    a = max(1.0, tp.active_fraction * n)
+    J = mc.design.cols if mc.design.kind == "block" else mc.design.n_pairs
+    K = mc.design.rows * mc.design.cols if mc.design.kind == "block" else mc.design.n_pairs
+    per_actor_graph = a / k * tp.graph_bytes
+    use_graph = per_actor_graph <= mc.hvp_graph_budget_mb * 2**20
+    hvp = tp.hvp_graph_s if use_graph else tp.hvp_fwdrev_s
+    steps, starts = mc.spectrum.steps, mc.spectrum.starts
+    want = set(mc.observables)
+    s = plan.seconds
+    s["startup"] = STARTUP_S + tp.data_s + (RAY_STARTUP_S if ray else 0.0)
+    s["train"] = n_models * tc.epochs * (n_train * (tp.sgd_s + tp.gradient_s) + (n_train + n_test) * tp.forward_s) \
+        + n_models * (n_train * tp.gradient_s + (n_train + n_test) * tp.forward_s)  # epoch 0's metrics
+    per_ckpt = {"overhead": CHECKPOINT_OVERHEAD_S}
+    if "weights" in want or "gradients" in want:
+        per_ckpt["weights+gradients"] = tp.histogram_s + (a * tp.gradient_s / k if "gradients" in want else 0.0)
+    if "hessian_entries" in want:
+        per_ckpt["hessian_entries"] = a * J * tp.tile_s / k + tp.statistics_s
+    if "spectrum" in want:
+        step = a * hvp / k + 4 * min(steps, 1 + steps // 2) * tp.vector_s + (3 * k * tp.vector_s if ray else 0.0)
+        per_ckpt["spectrum"] = starts * steps * step
+    if "circuits" in want:
+        per_ckpt["circuits"] = tp.circuits_s
+    for key, val in per_ckpt.items():
+        s[f"measure.{key}"] = n_models * ckpts * val
+    # peak memory
+    w_mb = tp.n_params * tp.itemsize / 2**20
+    basis = min(steps * tp.n_params * 4, mc.spectrum.basis_budget_mb * 2**20) / 2**20 if "spectrum" in want else 0
+    h_mb = n * K * 8 / 2**20
+    stats_mb = 3 * mc.replicates * min(K, 1024) * 8 / 2**20 + 2 * h_mb
+    tile_mb = tp.tile_peak_mb * min(mc.example_chunk, n)
+    graph_mb = (per_actor_graph / 2**20) if use_graph else 0.0
+    driver = tp.base_rss_mb + 3 * tp.data_mb + 6 * w_mb + basis + 8 * tp.n_params * 8 / 2**20 + stats_mb
+    if ray:
+        plan.peak_rss_mb["driver"] = driver
+        plan.peak_rss_mb["actor"] = tp.base_rss_mb + RAY_WORKER_EXTRA_MB + 5 * w_mb + max(tile_mb, graph_mb) + stats_mb
+    else:
+        plan.peak_rss_mb["driver"] = driver + max(tile_mb, graph_mb)
+    train_mb = tp.base_rss_mb + 3 * tp.data_mb + 6 * tp.n_params * 4 / 2**20 + tile_mb
+    plan.peak_rss_mb["train"] = train_mb
+    plan.notes.append(f"active fraction {tp.active_fraction:.2f} measured at initialisation, assumed at every "
+                      "checkpoint (an upper bound once margins grow)")
+    if kind == "cuda" and devices > 1:
+        plan.notes.append(f"an extrapolation: throughputs measured on one {tp.device} device, assumed on each of "
+                          f"{devices}, with actor work divided evenly")
+    plan.notes.append(f"pool HVPs {'reuse stored graphs' if use_graph else 'recompute the graph (fwd-rev)'}: "
+                      f"{per_actor_graph / 2**20:.0f} MB of graph per process, budget {mc.hvp_graph_budget_mb:.0f} MB")
+    return plan
+
+
+def available_memory_mb() -> float:
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: float(line.split()[1]) for line in f}
+    return info.get("MemAvailable", info["MemTotal"]) / 1024
+
+
+def check_fits(plan: Plan, processes: int) -> None:
+    """Refuse a plan whose processes together need more memory than this machine has available."""
+    need = plan.peak_rss_mb.get("driver", 0) + processes * plan.peak_rss_mb.get("actor", 0)
+    have = available_memory_mb()
+    if need > have:
+        raise PlanError(f"the plan needs about {need:,.0f} MB (driver {plan.peak_rss_mb['driver']:,.0f} MB"
+                        + (f" + {processes} actors x {plan.peak_rss_mb['actor']:,.0f} MB" if processes else "")
+                        + f") but this machine has {have:,.0f} MB available; lower measure.pool_size, "
+                        "spectrum.basis_budget_mb or hvp_graph_budget_mb, or pass --force")
+
+
+def format_plan(plan: Plan, tp: Throughput) -> str:
+    lines = [f"plan for {plan.config} on {plan.devices}"
+             + (f" with {plan.actors} actor(s)" if "actor" in plan.peak_rss_mb else " (in process)")
+             + f" [throughputs measured in {tp.seconds:.0f} s on {tp.device}, {tp.threads} thread(s) per worker]"]
+    for k, v in plan.seconds.items():
+        lines.append(f"  {k:<28} {v:>10.1f} s")
+    lines.append(f"  {'total':<28} {plan.total_seconds:>10.1f} s  ({plan.total_seconds / 60:.1f} min)")
+    for k, v in plan.peak_rss_mb.items():
+        lines.append(f"  peak RSS {k:<19} {v:>10.0f} MB")
+    lines += [f"  note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def plan_json(plan: Plan, tp: Throughput) -> str:
+    return json.dumps({"plan": {**asdict(plan), "total_seconds": plan.total_seconds}, "throughput": asdict(tp)},
+                      indent=2)

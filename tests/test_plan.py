@@ -1,0 +1,69 @@
+"""`adaptsym plan`: its prediction against a measured small run, and its refusals."""
+
+import time
+
+import pytest
+import torch
+
+from adaptsym.config import load_config
+from adaptsym.plan import PlanError, Throughput, check_fits, measure_throughput, parse_devices, predict
+
+
+def small_demo():
+    cfg = load_config("configs/demo.yaml")
+    cfg.models = {"cnn": cfg.models["cnn"]}
+    cfg.train = cfg.train.model_copy(update={"epochs": 2, "checkpoints": [0, 2]})
+    cfg.measure = cfg.measure.model_copy(update={
+        "pool_size": 256, "replicates": 300, "design": cfg.measure.design.model_copy(update={"rows": 48, "cols": 16}),
+        "spectrum": cfg.measure.spectrum.model_copy(update={"starts": 2, "steps": 30})})
+    return cfg
+
+
+def test_plan_predicts_a_small_demo_run_within_half(tmp_path):
+    """Train + measure (in process) of a cut-down demo config takes what the plan said, +-50%."""
+    from adaptsym.measure import measure_run
+    from adaptsym.train import train
+
+    cfg = small_demo()
+    tp = measure_throughput(cfg, "cnn", torch.device("cpu"), threads=torch.get_num_threads())
+    plan = predict(cfg, tp, "cpu", torch.get_num_threads(), None)
+    t0 = time.perf_counter()
+    res = train(cfg, "cnn", tmp_path, progress=False)
+    measure_run(res.run_dir, cfg=cfg, progress=False, log=lambda *_: None)
+    took = time.perf_counter() - t0
+    predicted = plan.total_seconds - plan.seconds["startup"] + tp.data_s  # this process has imported already
+    assert 0.5 * took <= predicted <= 1.5 * took, (predicted, took, plan.seconds)
+    assert plan.peak_rss_mb["driver"] > tp.base_rss_mb and "actor" not in plan.peak_rss_mb
+
+
+def test_plan_scales_with_the_work():
+    """Doubling the pool doubles the per-example phases; actors divide them; a budget too small
+    for the graphs switches the spectrum to forward-over-reverse products."""
+    cfg = small_demo()
+    tp = Throughput("cpu", 1, 10_000, 8, 1.0, 1e-4, 3e-5, 1e-4, 2e-4, 4e-4, 1e6, 3e-4, 0.01, 0.1, 0.2, 0.3, 1e-5,
+                    1.0, 5.0, 1000, 200, 300.0)
+    one = predict(cfg, tp, "cpu", 1, None)
+    big = predict(cfg.model_copy(update={"measure": cfg.measure.model_copy(update={"pool_size": 512})}), tp, "cpu", 1, None)
+    ent = lambda p: p.seconds["measure.hessian_entries"] - 2 * tp.statistics_s
+    assert ent(big) == pytest.approx(2 * ent(one))
+    two = predict(cfg, tp, "cpu", 2, 2)
+    assert ent(two) == pytest.approx(ent(one) / 2) and "actor" in two.peak_rss_mb
+    tight = cfg.model_copy(update={"measure": cfg.measure.model_copy(update={"hvp_graph_budget_mb": 1})})
+    slow = predict(tight, tp, "cpu", 1, None)
+    assert slow.seconds["measure.spectrum"] > 1.9 * one.seconds["measure.spectrum"]
+
+
+def test_plan_refuses_what_does_not_fit_and_absent_devices(monkeypatch):
+    cfg = small_demo()
+    tp = Throughput("cpu", 1, 10_000_000, 8, 1.0, 1e-4, 3e-5, 1e-4, 2e-4, 4e-4, 1e6, 3e-4, 0.01, 0.1, 0.2, 0.3, 1e-5,
+                    1.0, 5.0, 1000, 200, 300.0)
+    plan = predict(cfg, tp, "cpu", 2, 2)
+    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: 100.0)
+    with pytest.raises(PlanError, match="available"):
+        check_fits(plan, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PlanError, match="no CUDA device"):
+        parse_devices("cuda:8")
+    with pytest.raises(PlanError, match="cpu:2 or cuda:8"):
+        parse_devices("tpu:1")
+    assert parse_devices("cpu:2") == ("cpu", 2)
