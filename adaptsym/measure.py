@@ -80,23 +80,30 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
     params = model.params()
     op = executor.pool_hessian(model, ckpt, x, y, mcfg.dtype, mcfg.example_chunk,
                                mcfg.hvp_graph_budget_mb)  # in process or sharded
+
+    def timed(make):
+        t0 = time.perf_counter()
+        obs = make()
+        obs.scalars["seconds"] = time.perf_counter() - t0
+        out.append(obs)
+
     if "weights" in want:
-        out.append(measure_weights(params, mcfg.histogram_bins))
+        timed(lambda: measure_weights(params, mcfg.histogram_bins))
     if "gradients" in want:
-        out.append(measure_gradients(op, cfg.train.lr))
+        timed(lambda: measure_gradients(op, cfg.train.lr))
     if "hessian_entries" in want:
         work = EntryWork(str(store.path), f"{group}/hessian_entries", design,
                          mcfg.model_dump(mode="json"), s, cfg.seed, epoch, ckpt["model_spec"],
                          tuple(ckpt["input_shape"]), [w.detach().cpu() for w in ckpt["weights"]],
                          x.detach().cpu(), y.detach().cpu())
-        out.append(measure_hessian_entries(store, work, executor, model.n_params, progress))
+        timed(lambda: measure_hessian_entries(store, work, executor, model.n_params, progress))
     if "spectrum" in want:
         sp = mcfg.spectrum
-        out.append(measure_spectrum(op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, cfg.seed, epoch, progress,
-                                    sp.basis_dtype, sp.basis_budget_mb, sp.spill_dir))
+        timed(lambda: measure_spectrum(op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, cfg.seed, epoch, progress,
+                                       sp.basis_dtype, sp.basis_budget_mb, sp.spill_dir))
     if "circuits" in want:
-        out.append(measure_circuits(model.plan, params, x, y, mcfg.circuits.examples, mcfg.circuits.paths,
-                                    cfg.seed, epoch))
+        timed(lambda: measure_circuits(model.plan, params, x, y, mcfg.circuits.examples, mcfg.circuits.paths,
+                                       cfg.seed, epoch))
     return out
 
 

@@ -30,8 +30,10 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from .errors import UserFacingError
 
 STARTUP_S = 8.0  # interpreter, imports, store and tracker set-up (measured on the demo: 5-10 s)
 RAY_STARTUP_S = 12.0  # a local Ray head and K actors (measured: 10-15 s)
-CHECKPOINT_OVERHEAD_S = 1.5  # per checkpoint: load, zarr writes, MLflow
+CHECKPOINT_OVERHEAD_S = 0.5  # per checkpoint: load, hash, zarr writes of the small observables (demo: 0.4 s)
 RAY_WORKER_EXTRA_MB = 150.0  # a Ray worker process over a plain interpreter (measured: 120-180 MB)
 
 
@@ -117,17 +119,20 @@ def _best(fn, repeats: int = 2) -> float:
 
 
 def interpreter_rss_mb() -> float:
-    """Peak RSS of a fresh interpreter that imports what a measuring process imports."""
-    code = ("import resource, torch, zarr, numpy, scipy.stats; import adaptsym.measure; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    """Resident memory of a fresh interpreter that imports what a measuring process imports.
+    (VmRSS, not ru_maxrss: Linux carries the peak of the forking parent into the child.)"""
+    code = ("import torch, zarr, numpy, scipy.stats; import adaptsym.measure; "
+            "print([int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, threads: int,
-                       sample: int = 8) -> Throughput:
-    """Time the job's kernels on `sample` examples of the configured data and model."""
+                       sample: int = 8, cheap_s: float = 0.05) -> Throughput:
+    """Time the job's kernels on the configured data and model: on `sample` examples when a
+    gradient over them takes more than `cheap_s` (large models, where cost is linear in the
+    examples), else on the batch sizes the job uses (small models, where per-call overhead counts)."""
     from .circuits import measure_circuits
     from .data import load_dataset
     from .entries import make_design
@@ -146,23 +151,27 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     data_s = time.perf_counter() - t0
     data_mb = (data.x_train.nbytes + data.x_test.nbytes) / 2**20
     model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=torch.float32).to(device)
-    b = min(sample, len(data.x_train))
-    xb, yb = data.x_train[:b].to(device), data.y_train[:b].to(device)
+    xs, ys = data.x_train.to(device), data.y_train.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
 
-    def sgd():
+    def sgd(b):
         opt.zero_grad(set_to_none=True)
-        torch.clamp(1.0 - yb * model(xb), min=0).mean().backward()
+        torch.clamp(1.0 - ys[:b] * model(xs[:b]), min=0).mean().backward()
         opt.step()
 
-    torch.set_num_threads(old_threads)
-    sgd_s = _best(sgd) / b
+    b = min(sample, len(xs))
+    probe = _best(lambda: sgd(b), 1)
+    large = probe > cheap_s
+    bt = b if large else min(cfg.train.batch_size, len(xs))
+    sgd_s = (probe if large else _best(lambda: sgd(bt))) / bt
+    be = b if large else min(1024, len(xs))  # evaluation and the epoch's full gradient use big chunks
     with torch.no_grad():
-        forward_s = _best(lambda: model(xb)) / b
+        forward_s = _best(lambda: model(xs[:be])) / be
     model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=dtype).to(device)
     px, py = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), min(mc.pool_size,
                          len(data.x_train)), cfg.seed)
     active = len(active_examples(model.plan, model.params(), px, py, mc.example_chunk)) / len(px)
+    b = b if large else min(mc.example_chunk, len(px))
     xb, yb = px[:b], py[:b]
     torch.set_num_threads(threads)  # worker-side kernels at the workers' thread count
     # only active examples cost: time on a batch made all active (the margin test is part of it)
@@ -190,7 +199,7 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     ce = max(1, min(2, mc.circuits.examples))
     circuits_s = _best(lambda: measure_circuits(model.plan, model.params(), px[:ce], py[:ce], ce, mc.circuits.paths,
                                                 cfg.seed, 0), 1) * mc.circuits.examples / ce
-    statistics_s = statistics_seconds(cfg, design.n_entries)
+    statistics_s = statistics_seconds(cfg, px, py, device)
     big = torch.randn(model.n_params, dtype=torch.float64)
     vector_s = _best(lambda: (big * 1.0001).sum(), 3)
     return Throughput(str(device), threads, model.n_params, torch.empty(0, dtype=dtype).element_size(), active,
@@ -200,20 +209,36 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
                       time.perf_counter() - t_start)
 
 
-def statistics_seconds(cfg: RunConfig, n_entries: int) -> float:
-    """The entry statistics' dominant kernels at the configured sizes: bootstrap reweighting
-    (B x n) @ (n x K), the correlation products over all K^2 / 2 pairs, and the co-moment tuples."""
+def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    """The Hessian-entry statistics (`hessian_entries.analyse`: bootstrap, per-entry moments,
+    correlations, co-moments, Mardia, zarr writes) run for real at the configured pool size and
+    design, on a stand-in MLP (64-64 hidden units) over the flattened pool: their cost depends
+    on n, K and B, not on the network, which is timed separately per h tile."""
+    from .config import ModelSpec
+    from .entries import make_design
+    from .entry_blocks import EntryWork
+    from .executor import LocalExecutor
+    from .hessian_entries import analyse, compute_h, prepare
+    from .models import BiasFreeNet
+    from .store import RunStore
+
     mc = cfg.measure
-    n, K, B = mc.pool_size, n_entries, mc.replicates
-    rng = np.random.default_rng(0)
-    k = min(K, 1024)
-    h = rng.standard_normal((n, k))
-    counts = rng.standard_normal((B, n))
-    boot = _best(lambda: counts @ h, 1) * K / k
-    corr = _best(lambda: h.T @ h, 1) * (K / k) ** 2
-    tuples = K * mc.tuples_per_entry * 2  # co-skewness and co-kurtosis
-    prod = _best(lambda: h[:, : min(k, 256)].prod(axis=1).sum(), 3) * tuples * 4  # about 4 n-vector passes each
-    return 3 * boot + 4 * corr + prod  # replicates twice plus moments; two correlation passes with t-stats
+    flat = x.reshape(len(x), -1)
+    spec = ModelSpec(kind="mlp", hidden=[64, 64])
+    model = BiasFreeNet(spec, (flat.shape[1],), seed=cfg.seed, dtype=x.dtype).to(device)
+    y = torch.where(model(flat).detach() >= 0, -1.0, 1.0).to(x.dtype)  # all active, like a young network
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(Path(tmp) / "plan.zarr")
+        work = EntryWork(str(store.path), "plan/hessian_entries", make_design(mc.design, model.index, cfg.seed),
+                         mc.model_dump(mode="json"), mc.minibatch or cfg.train.batch_size, cfg.seed, 0,
+                         spec.model_dump(mode="json"), (flat.shape[1],), [w.detach().cpu() for w in model.params()],
+                         flat.cpu(), y.cpu())
+        ex = LocalExecutor(device)
+        prepare(store, work)
+        compute_h(store, work, ex, log=lambda *_: None)
+        t0 = time.perf_counter()
+        analyse(store, work, ex, model.n_params)
+        return time.perf_counter() - t0
 
 
 def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int | None,
