@@ -29,7 +29,8 @@ from .bootstrap import multinomial_counts, replicates
 from .comoments import tuple_active, tuple_statistics
 from .correlation import pair_mask, standardise
 from .entries import EntryDesign
-from .entry_stats import moments, predicted_moments, scaling_deviations, valid_entries, z_resample_counts
+from .entry_stats import (batch_cuts, moment_intervals, moments, predicted_moments, scaling_deviations,
+                          valid_entries, z_resample_counts)
 from .fdr import StreamingBH
 from .indexing import ParamIndex
 from .nonzero import product_t
@@ -38,6 +39,8 @@ from .store import checked
 # seeds of the independent random streams of one checkpoint's measurement
 STREAM_COUNTS, STREAM_RESAMPLE, STREAM_SUB, STREAM_TUPLES, STREAM_COUPLING, STREAM_MARDIA = range(1, 7)
 PER_ENTRY = ("mean", "std", "skew", "exkurt", "z", "pred_mean", "pred_std", "pred_skew", "pred_exkurt")
+# 95% intervals of each entry's moments of H_a(S), over resamples of the pool examples
+PER_ENTRY_CI = tuple(f"{m}_ci_{end}" for m in ("mean", "std", "skew", "exkurt") for end in ("low", "high"))
 # per-entry integer arrays: pool examples on which the entry is non-zero (behind each of its tests)
 PER_ENTRY_INT = ("n_active",)
 
@@ -172,7 +175,11 @@ class EntryBlocks:
         self.group["n_active"][a0:a1] = np.count_nonzero(hb, axis=0)
         devs = scaling_deviations(X[:, valid], hb[:, valid], w.s)
         idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.mcfg["uncertainty_resamples"], w.n))
-        res = z_resample_counts(hb, w.s, w.mcfg["z_cut"], idx, exclude=sz)
+        cut = w.mcfg["z_cut"]
+        res = z_resample_counts(hb, w.s, np.concatenate([[cut], batch_cuts(cut, w.s)]), idx, exclude=sz)
+        for stat, (lo, hi) in moment_intervals(hb, w.s, idx).items():
+            self.group[f"{stat}_ci_low"][a0:a1] = np.where(valid, lo, np.nan)
+            self.group[f"{stat}_ci_high"][a0:a1] = np.where(valid, hi, np.nan)
         return {"valid": valid, "z": z[valid], "devs": devs, "active": np.any(hb != 0, axis=1), "resample": res}
 
     def corr_tile(self, stage: int, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,

@@ -2,11 +2,15 @@
 
 Moments are population moments over the B replicates (as scipy.stats.skew / kurtosis with
 their defaults, and numpy's std with ddof=0). The normalised mean z_a = mean_a / std_a; the
-fraction of entries with |z_a| < cut carries a standard error from resampling the n pool
-examples (the independent samples), using the exact z over S, sqrt(s) mean_k h / std_k h.
+fraction of entries with |z_a| < cut carries a standard error and a 95% percentile interval
+from resampling the n pool examples (the independent samples), using the exact z over S,
+sqrt(s) mean_k h / std_k h; the same resamples give it at other batch sizes (`Z_BATCHES`) and
+give per-entry intervals of the exact moments of H_a(S).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -38,30 +42,71 @@ def z_fraction(z: np.ndarray, cut: float) -> float:
     return float(np.mean(np.abs(z) < cut)) if z.size else float("nan")
 
 
-def z_resample_counts(h: np.ndarray, s: int, cut: float, idx: np.ndarray, exclude: np.ndarray | None = None
+# batch sizes s at which the |z| < cut fraction is also reported (z grows as sqrt(s));
+# s = 1 is the other reading of Fig 7a: mean over the std of the per-example entry
+Z_BATCHES = (1, 8, 32, 128, 512)
+
+
+def z_resample_counts(h: np.ndarray, s: int, cut, idx: np.ndarray, exclude: np.ndarray | None = None
                       ) -> np.ndarray:
-    """For each pool resample idx[r] (row indices): (#entries with |z| < cut, #entries with std > 0).
+    """For each pool resample idx[r] (row indices): (#entries with |z| < cut_c for each cut,
+    #entries with std > 0), shape (R, n_cuts + 1).
 
     z is the exact z over S of the resampled pool, sqrt(s) mean / std; `exclude` masks entries
     (structural zeros). Counts add up over blocks of entries, so workers can each do a block.
     """
-    out = np.zeros((len(idx), 2), dtype=np.int64)
+    cuts = np.atleast_1d(np.asarray(cut, dtype=np.float64))
+    out = np.zeros((len(idx), cuts.size + 1), dtype=np.int64)
     keep = np.ones(h.shape[1], dtype=bool) if exclude is None else ~exclude
     for r, rows in enumerate(idx):
         hr = h[rows]
         sd = hr.std(axis=0)
         ok = (sd > 0) & keep
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.sqrt(s) * hr.mean(axis=0) / sd
-        out[r] = (np.sum(ok & (np.abs(z) < cut)), np.sum(ok))
+            z = np.abs(np.sqrt(s) * hr.mean(axis=0) / sd)
+        out[r, :-1] = [np.sum(ok & (z < c)) for c in cuts]
+        out[r, -1] = np.sum(ok)
     return out
 
 
-def fraction_std(counts: np.ndarray) -> float:
+def batch_cuts(cut: float, s: int, batches=Z_BATCHES) -> np.ndarray:
+    """Cuts on the z at batch size s equivalent to |z| < cut at each of `batches`:
+    z_b = sqrt(b / s) z_s, so |z_b| < cut iff |z_s| < cut sqrt(s / b)."""
+    return cut * np.sqrt(s / np.asarray(batches, dtype=np.float64))
+
+
+def fraction_interval(counts: np.ndarray, level: float = 0.95, column: int = 0) -> tuple[float, float]:
+    """Percentile interval over pool resamples of the fraction in `column` of counts (R, c + 1);
+    resamples with no varying entry are left out."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fr = counts[:, column] / counts[:, -1]
+    fr = fr[np.isfinite(fr)]
+    if fr.size < 2:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(fr, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def moment_intervals(h: np.ndarray, s: int, idx: np.ndarray, level: float = 0.95) -> dict[str, np.ndarray]:
+    """Per-entry percentile intervals of the exact moments of H_a(S) (mean, std, skewness, excess
+    kurtosis; `predicted_moments`) over the pool resamples idx (R, n): {name: (2, K) array}."""
+    reps = {k: [] for k in ("mean", "std", "skew", "exkurt")}
+    for rows in idx:
+        m = predicted_moments(h[rows], s)
+        m["std"] = np.sqrt(m.pop("var"))
+        for k in reps:
+            reps[k].append(m[k])
+    q = [(1 - level) / 2, (1 + level) / 2]
+    with warnings.catch_warnings():  # entries constant in every resample: NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: np.nanquantile(np.array(v), q, axis=0) for k, v in reps.items()}
+
+
+def fraction_std(counts: np.ndarray, column: int = 0) -> float:
     """Std over resamples of the fraction; a resample with no varying entry (it missed every
     active example, late in training) is left out."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        fr = counts[:, 0] / counts[:, 1]
+        fr = counts[:, column] / counts[:, -1]
     fr = fr[np.isfinite(fr)]
     return float(fr.std(ddof=1)) if fr.size > 1 else float("nan")
 

@@ -25,9 +25,9 @@ from .bootstrap import replicates
 from .comoments import decide, sample_tuples
 from .correlation import standardise
 from .coupling import coupling_summary
-from .entry_blocks import (PER_ENTRY, PER_ENTRY_INT, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
+from .entry_blocks import (PER_ENTRY, PER_ENTRY_CI, PER_ENTRY_INT, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
                            EntryBlocks, EntryWork, stream)
-from .entry_stats import fraction_std, summarise_deviations, z_fraction
+from .entry_stats import Z_BATCHES, fraction_interval, fraction_std, summarise_deviations, z_fraction
 from .errors import UserFacingError
 from .fdr import StreamingBH
 from .mardia import mardia
@@ -55,7 +55,7 @@ def prepare(store, work: EntryWork) -> None:
     ne, na = -(-n // ec), -(-K // ea)
     store.create(g, "tile_done", (ne, na), ["example_chunk", "entry_chunk"], chunks=(ne, na), dtype="uint8",
                  fill_value=0)
-    for name in PER_ENTRY:  # NaN fill: a chunk lost on disk never reads as plausible values
+    for name in PER_ENTRY + PER_ENTRY_CI:  # NaN fill: a chunk lost on disk never reads as plausible values
         store.create(g, name, (K,), ["entry"], chunks=(ea,))
     for name in PER_ENTRY_INT:
         store.create(g, name, (K,), ["entry"], chunks=(ea,), dtype="int64", fill_value=0)
@@ -122,8 +122,18 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
 
     z = np.concatenate([b["z"] for b in order])
     sc["z_fraction"] = z_fraction(z, mc["z_cut"])
-    sc["z_fraction_std"] = fraction_std(np.sum([b["resample"] for b in order], axis=0))
+    res = np.sum([b["resample"] for b in order], axis=0)  # (R, 1 + len(Z_BATCHES) + 1)
+    sc["z_fraction_std"] = fraction_std(res)
+    sc["z_fraction_ci_low"], sc["z_fraction_ci_high"] = fraction_interval(res)
     sc["z_cut"] = mc["z_cut"]
+    # the same fraction at other batch sizes; s = 1 is the per-example normalisation mean / std of h
+    by_s = [z_fraction(z * np.sqrt(b / s), mc["z_cut"]) for b in Z_BATCHES]
+    ci = np.array([fraction_interval(res, column=1 + i) for i in range(len(Z_BATCHES))])
+    obs.add("z_fraction_batch", np.array(Z_BATCHES), ["zbatch"])
+    obs.add("z_fraction_by_batch", np.array(by_s), ["zbatch"])
+    obs.add("z_fraction_by_batch_ci", ci, ["zbatch", "ci_end"])
+    sc["z_fraction_per_example"] = by_s[0]
+    sc["z_fraction_per_example_ci_low"], sc["z_fraction_per_example_ci_high"] = ci[0]
     devs = {key: np.concatenate([b["devs"][key] for b in order]) for key in ("mean", "std", "skew", "exkurt")}
     sc.update({f"scaling.{k}": v for k, v in summarise_deviations(devs).items()})
 

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .store import RunStore  # noqa: E402
+from .verdict import PAPER, judge  # noqa: E402
 
 
 class MissingData(LookupError):
@@ -178,13 +179,35 @@ def fig7ab(r: _Reader, fig):
     ax1.legend(fontsize=6)
     ax1.set_title("Fig 7a: normalised means", fontsize=9)
     ep, frac = r.scalar("hessian_entries", "z_fraction")
-    _, sd = r.scalar("hessian_entries", "z_fraction_std")
-    ax2.plot(ep, frac, "o-")
-    if len(sd) == len(frac):
-        ax2.fill_between(ep, frac - sd, frac + sd, alpha=0.3)
+    ax2.plot(ep, frac, "o-", label="z at the minibatch size s (SPEC)")
+    _band(r, ax2, ep, "z_fraction", frac)
+    try:
+        ep1, f1 = r.scalar("hessian_entries", "z_fraction_per_example")
+        ax2.plot(ep1, f1, "s--", label="z per example (= z / sqrt(s))")
+        _band(r, ax2, ep1, "z_fraction_per_example", f1)
+    except MissingData:
+        pass
+    ax2.axhline(PAPER["z_fraction"], color="k", lw=0.8, ls=":", label=f"paper: >= {PAPER['z_fraction']}")
     ax2.set_ylim(0, 1.02)
     ax2.set_xlabel("epoch")
-    ax2.set_title("Fig 7b: fraction |z| < cut", fontsize=9)
+    ax2.legend(fontsize=6)
+    ax2.set_title("Fig 7b: fraction |z| < cut (band: 95% interval over pool resamples)", fontsize=9)
+
+
+def _band(r: _Reader, ax, ep, key: str, values, **kw) -> None:
+    """A shaded 95% interval from the scalars `<key>_ci_low/high` (a +-std band from
+    `<key>_std` for stores written before intervals existed)."""
+    try:
+        _, lo = r.scalar("hessian_entries", f"{key}_ci_low")
+        _, hi = r.scalar("hessian_entries", f"{key}_ci_high")
+    except MissingData:
+        try:
+            _, sd = r.scalar("hessian_entries", f"{key}_std")
+        except MissingData:
+            return
+        lo, hi = values - sd, values + sd
+    if len(lo) == len(ep):
+        ax.fill_between(ep, lo, hi, alpha=0.25, **kw)
 
 
 def fig7c(r: _Reader, fig):
@@ -193,7 +216,6 @@ def fig7c(r: _Reader, fig):
     for name, label in (("corr", "correlation"), ("coskew", "co-skewness"), ("cokurt", "excess co-kurtosis")):
         try:
             ep, ex = r.scalar("hessian_entries", f"{name}.exponent")
-            _, sd = r.scalar("hessian_entries", f"{name}.exponent_std")
             _, rel = r.scalar("hessian_entries", f"{name}.relative")
         except MissingData:
             continue
@@ -206,8 +228,7 @@ def fig7c(r: _Reader, fig):
                 ax.plot(*zip(*ub_pts), "v", ms=10, mfc="white", color=line.get_color())
         except MissingData:
             pass
-        if len(sd) == len(ex):
-            ax.fill_between(ep, ex - sd, ex + sd, alpha=0.3, color=line.get_color())
+        _band(r, ax, ep, f"{name}.exponent", ex, color=line.get_color())
         live = [(e, x, v) for e, x, v in zip(ep, ex, rel) if np.isfinite(x)]
         if live:
             ax.annotate(f"{live[-1][2]:.2e}", live[-1][:2], fontsize=7, xytext=(4, 0), textcoords="offset points")
@@ -276,6 +297,7 @@ class Report:
     html: Path
     figures: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    verdicts: dict[int, list] = field(default_factory=dict)  # epoch -> [verdict.Verdict]
 
 
 def _scalar_table(r: _Reader) -> str:
@@ -298,6 +320,32 @@ def _scalar_table(r: _Reader) -> str:
                 cells.append(f"<td>{v:.4g}</td>" if isinstance(v, (int, float)) else "<td>-</td>")
         rows.append(f"<tr><td>{html.escape(k)}</td>{''.join(cells)}</tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def _verdicts(r: _Reader) -> dict[int, list]:
+    attrs = r.store.attrs()
+    config, name = attrs.get("config", {}), attrs.get("model_name", "")
+    out = {}
+    for e, g in zip(r.epochs, r.groups):
+        sc = r.store.attrs(g).get("scalars", {})
+        if "hessian_entries.n_entries" in sc:
+            out[e] = judge(sc, config, name, e)
+    return out
+
+
+def _verdict_table(verdicts: dict[int, list]) -> str:
+    if not verdicts:
+        return "<p class='skip'>no Hessian-entry statistics: no verdict</p>"
+    head = ("<tr><th>epoch</th><th>claim</th><th>paper</th><th>ours [95% interval]</th><th>regime</th>"
+            "<th>verdict</th><th>at face value</th></tr>")
+    rows = []
+    for e, vs in verdicts.items():
+        for v in vs:
+            ours = "n/a" if not np.isfinite(v.ours) else f"{v.ours:.4g} [{v.ci_low:.4g}, {v.ci_high:.4g}]"
+            rows.append(f"<tr><td>{e}</td><td>{html.escape(v.claim)}</td><td>{html.escape(v.paper)}</td>"
+                        f"<td>{ours}</td><td>{html.escape(v.regime)}</td><td><b>{html.escape(v.verdict)}</b></td>"
+                        f"<td title='{html.escape(v.why)}'>{html.escape(v.face_value)}</td></tr>")
+    return "<table>" + head + "".join(rows) + "</table>"
 
 
 def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=print) -> Report:
@@ -325,6 +373,7 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=pr
         b64 = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<h2>{name}</h2><img src='data:image/png;base64,{b64}' alt='{name}'>")
     plt.close("all")
+    rep.verdicts = _verdicts(r)
     attrs = store.attrs()
     title = f"adaptsym report: {html.escape(run_dir.name)}"
     meta = (f"<p>model {html.escape(str(attrs.get('model_name')))}, N = {attrs.get('n_params')}, "
@@ -334,5 +383,6 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=pr
         "body{font-family:sans-serif;max-width:1300px;margin:auto}img{max-width:100%}"
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
         ".skip{color:#a00}</style></head><body>"
-        f"<h1>{title}</h1>{meta}<h2>Scalars</h2>{_scalar_table(r)}{''.join(parts)}</body></html>")
+        f"<h1>{title}</h1>{meta}<h2>Verdict on the paper's headline numbers</h2>{_verdict_table(rep.verdicts)}"
+        f"<h2>Scalars</h2>{_scalar_table(r)}{''.join(parts)}</body></html>")
     return rep

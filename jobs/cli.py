@@ -91,11 +91,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _report(run_dir: Path, tracker=None) -> Path:
+def _report(run_dir: Path, tracker=None, verdict: bool = True) -> Path:
     from adaptsym.report import render_report
     from adaptsym.store import RunStore
+    from adaptsym.verdict import format_rows
 
     rep = render_report(run_dir)
+    if verdict and rep.verdicts:
+        last = max(rep.verdicts)
+        print(f"verdict at epoch {last} of {run_dir.name}:\n" + "\n".join(
+            "  " + line for line in format_rows(rep.verdicts[last]).splitlines()))
     run_id = RunStore.for_run(run_dir, mode="r").attrs().get("measure_mlflow_run_id")
     if tracker is not None and run_id:
         with tracker.run("report", run_id=run_id):
