@@ -69,6 +69,34 @@ def active_examples(plan, weights, x: torch.Tensor, y: torch.Tensor, chunk: int)
     return torch.nonzero(1.0 - y * out >= 0).flatten()
 
 
+class SavedBytes:
+    """Counts the bytes of the distinct storages autograd saves while active (a tensor saved by
+    several graph nodes, e.g. a ReLU output that the next layer also keeps, counts once), leaving
+    out those of `exclude` (the weights, which a layer saves but which exist anyway)."""
+
+    def __init__(self, exclude=()):
+        self.storages: dict = {}
+        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in self.exclude:
+            self.storages[(st.data_ptr(), t.device)] = st.nbytes()
+        return t
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.storages.values()))
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._hooks.__exit__(*exc)
+
+
 class PoolHessian:
     """Gradient and Hessian-vector products of the mean hinge risk over a pool."""
 
@@ -120,22 +148,16 @@ class PoolHessian:
     def _build_graphs(self) -> None:
         """First-order graphs of every chunk, counting their saved tensors' bytes; under `auto`
         they are dropped (and fwd-rev used from then on) once the count passes the budget."""
-        graphs, total = [], 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
+        graphs, counter = [], SavedBytes(exclude=self.weights)
         for xb, yb in self._chunks():
             w = tuple(t.detach().requires_grad_(True) for t in self.weights)
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.enable_grad(), counter:
                 g = torch.autograd.grad(self._loss(w, xb, yb), w, create_graph=True)
             graphs.append((w, g))
-            if self.method == "auto" and total > self.graph_budget_bytes:
+            if self.method == "auto" and counter.total > self.graph_budget_bytes:
                 self.method, self.graph_bytes = "fwd-rev", 0
                 return
-        self._graphs, self.graph_bytes = graphs, total
+        self._graphs, self.graph_bytes = graphs, counter.total
 
     def _graph_hvp(self, vs: Vec, batched: bool) -> Vec:
         return self._accumulate(None, (

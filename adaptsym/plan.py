@@ -73,7 +73,9 @@ class Throughput:
     active_fraction: float
     sgd_s: float  # per example
     forward_s: float
-    gradient_s: float
+    gradient_s: float  # pool gradient per example, at the workers' thread count
+    train_gradient_s: float  # the epoch's full-gradient metric per example, at all threads
+    activation_bytes: float  # saved tensors of one example's backward pass
     hvp_graph_s: float
     hvp_fwdrev_s: float
     graph_bytes: float  # per example
@@ -87,7 +89,8 @@ class Throughput:
     data_mb: float
     n_train: int
     n_test: int
-    base_rss_mb: float
+    base_rss_mb: float  # a worker: torch, zarr, scipy, adaptsym
+    driver_base_rss_mb: float  # the driver: the same plus `driver_modules` (MLflow, Ray)
     seconds: float = 0.0  # how long the measurement took
 
 
@@ -118,25 +121,27 @@ def _best(fn, repeats: int = 2) -> float:
     return best
 
 
-def interpreter_rss_mb() -> float:
-    """Resident memory of a fresh interpreter that imports what a measuring process imports.
-    (VmRSS, not ru_maxrss: Linux carries the peak of the forking parent into the child.)"""
+def interpreter_rss_mb(extra: tuple[str, ...] = ()) -> float:
+    """Resident memory of a fresh interpreter that imports what a measuring process imports, and
+    the modules `extra`. (VmRSS, not ru_maxrss: Linux carries the forking parent's peak into the child.)"""
     code = ("import torch, zarr, numpy, scipy.stats; import adaptsym.measure; "
-            "print([int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
+            + "".join(f"import {m}; " for m in extra)
+            + "print([int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, threads: int,
-                       sample: int = 8, cheap_s: float = 0.05) -> Throughput:
+                       sample: int = 8, cheap_s: float = 0.05, driver_modules: tuple[str, ...] = ("mlflow",)
+                       ) -> Throughput:
     """Time the job's kernels on the configured data and model: on `sample` examples when a
     gradient over them takes more than `cheap_s` (large models, where cost is linear in the
     examples), else on the batch sizes the job uses (small models, where per-call overhead counts)."""
     from .circuits import measure_circuits
     from .data import load_dataset
     from .entries import make_design
-    from .hvp import PoolHessian, active_examples
+    from .hvp import PoolHessian, SavedBytes, active_examples
     from .measure import select_pool
     from .models import BiasFreeNet
     from .per_example import design_tile
@@ -160,6 +165,9 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
         opt.step()
 
     b = min(sample, len(xs))
+    with SavedBytes(exclude=list(model.parameters())) as counter:
+        sgd(b)
+    activation_bytes = counter.total / b
     probe = _best(lambda: sgd(b), 1)
     large = probe > cheap_s
     bt = b if large else min(cfg.train.batch_size, len(xs))
@@ -167,6 +175,11 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     be = b if large else min(1024, len(xs))  # evaluation and the epoch's full gradient use big chunks
     with torch.no_grad():
         forward_s = _best(lambda: model(xs[:be])) / be
+
+    def full_grad():
+        torch.autograd.grad(torch.clamp(1.0 - ys[:be] * model(xs[:be]), min=0).sum(), list(model.parameters()))
+
+    train_gradient_s = _best(full_grad) / be
     model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=dtype).to(device)
     px, py = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), min(mc.pool_size,
                          len(data.x_train)), cfg.seed)
@@ -203,9 +216,9 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     big = torch.randn(model.n_params, dtype=torch.float64)
     vector_s = _best(lambda: (big * 1.0001).sum(), 3)
     return Throughput(str(device), threads, model.n_params, torch.empty(0, dtype=dtype).element_size(), active,
-                      sgd_s, forward_s, gradient_s, hvp_graph_s, hvp_fwdrev_s, graph_bytes, tile_s, tile_peak_mb,
+                      sgd_s, forward_s, gradient_s, train_gradient_s, activation_bytes, hvp_graph_s, hvp_fwdrev_s, graph_bytes, tile_s, tile_peak_mb,
                       histogram_s, circuits_s, statistics_s, vector_s, data_s, data_mb, len(data.x_train),
-                      len(data.x_test), interpreter_rss_mb(),
+                      len(data.x_test), interpreter_rss_mb(), interpreter_rss_mb(driver_modules),
                       time.perf_counter() - t_start)
 
 
@@ -242,8 +255,10 @@ def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device:
 
 
 def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int | None,
-            config_name: str = "") -> Plan:
-    """The job's wall time per phase and peak RSS per process, from measured throughputs."""
+            config_name: str = "", active_fractions: list[float] | None = None) -> Plan:
+    """The job's wall time per phase and peak RSS per process, from measured throughputs.
+    `active_fractions` (one per measured checkpoint, from `run_active_fractions`) replace the
+    initialisation's fraction, which is otherwise assumed at every checkpoint."""
     mc, tc = cfg.measure, cfg.train
     ray = actors is not None
     k = actors if ray else 1
@@ -251,54 +266,89 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     n_models = len(cfg.models)
     n_train, n_test = tp.n_train, tp.n_test
     ckpts = len(mc.checkpoints) if mc.checkpoints is not None else len(tc.checkpoints)
+    fractions = active_fractions if active_fractions is not None else [tp.active_fraction] * ckpts
     n = mc.pool_size
-    a = max(1.0, tp.active_fraction * n)
     J = mc.design.cols if mc.design.kind == "block" else mc.design.n_pairs
     K = mc.design.rows * mc.design.cols if mc.design.kind == "block" else mc.design.n_pairs
-    per_actor_graph = a / k * tp.graph_bytes
-    use_graph = per_actor_graph <= mc.hvp_graph_budget_mb * 2**20
-    hvp = tp.hvp_graph_s if use_graph else tp.hvp_fwdrev_s
     steps, starts = mc.spectrum.steps, mc.spectrum.starts
     want = set(mc.observables)
     s = plan.seconds
     s["startup"] = STARTUP_S + tp.data_s + (RAY_STARTUP_S if ray else 0.0)
-    s["train"] = n_models * tc.epochs * (n_train * (tp.sgd_s + tp.gradient_s) + (n_train + n_test) * tp.forward_s) \
-        + n_models * (n_train * tp.gradient_s + (n_train + n_test) * tp.forward_s)  # epoch 0's metrics
-    per_ckpt = {"overhead": CHECKPOINT_OVERHEAD_S}
-    if "weights" in want or "gradients" in want:
-        per_ckpt["weights+gradients"] = tp.histogram_s + (a * tp.gradient_s / k if "gradients" in want else 0.0)
-    if "hessian_entries" in want:
-        per_ckpt["hessian_entries"] = a * J * tp.tile_s / k + tp.statistics_s
-    if "spectrum" in want:
-        step = a * hvp / k + 4 * min(steps, 1 + steps // 2) * tp.vector_s + (3 * k * tp.vector_s if ray else 0.0)
-        per_ckpt["spectrum"] = starts * steps * step
-    if "circuits" in want:
-        per_ckpt["circuits"] = tp.circuits_s
-    for key, val in per_ckpt.items():
-        s[f"measure.{key}"] = n_models * ckpts * val
-    # peak memory
+    per_epoch = n_train * (tp.sgd_s + tp.train_gradient_s) + (n_train + n_test) * tp.forward_s
+    s["train"] = n_models * ((tc.epochs + 1) * per_epoch - n_train * tp.sgd_s)  # epoch 0: metrics only
+    budget = mc.hvp_graph_budget_mb * 2**20
+    graph_peak = 0.0
+    for f in fractions:
+        a = max(1.0, f * n)
+        graph = a / k * tp.graph_bytes
+        hvp = tp.hvp_graph_s if graph <= budget else tp.hvp_fwdrev_s
+        graph_peak = max(graph_peak, graph if graph <= budget else 0.0)
+        part = {"overhead": CHECKPOINT_OVERHEAD_S}
+        if "weights" in want or "gradients" in want:
+            part["weights+gradients"] = tp.histogram_s + (a * tp.gradient_s / k if "gradients" in want else 0.0)
+        if "hessian_entries" in want:
+            part["hessian_entries"] = a * J * tp.tile_s / k + tp.statistics_s
+        if "spectrum" in want:
+            reorth = 4 * (1 + steps) / 2 * tp.vector_s  # CGS twice against half the basis on average
+            part["spectrum"] = starts * steps * (a * hvp / k + reorth + (3 * k * tp.vector_s if ray else 0.0))
+        if "circuits" in want:
+            part["circuits"] = tp.circuits_s
+        for key, val in part.items():
+            s[f"measure.{key}"] = s.get(f"measure.{key}", 0.0) + n_models * val
+    # peak memory: the counted arrays over a fresh interpreter's RSS; weights (model, checkpoint,
+    # work and shard copies) of two checkpoints overlap while the next one loads
     w_mb = tp.n_params * tp.itemsize / 2**20
+    vec_mb = tp.n_params * tp.itemsize / 2**20
     basis = min(steps * tp.n_params * 4, mc.spectrum.basis_budget_mb * 2**20) / 2**20 if "spectrum" in want else 0
     h_mb = n * K * 8 / 2**20
     stats_mb = 3 * mc.replicates * min(K, 1024) * 8 / 2**20 + 2 * h_mb
     tile_mb = tp.tile_peak_mb * min(mc.example_chunk, n)
-    graph_mb = (per_actor_graph / 2**20) if use_graph else 0.0
-    driver = tp.base_rss_mb + 3 * tp.data_mb + 6 * w_mb + basis + 8 * tp.n_params * 8 / 2**20 + stats_mb
+    graph_mb = graph_peak / 2**20 + (vec_mb if graph_peak else 0.0)
+    copies = 2 * (3 + (k + 1 if ray else 0))
+    driver = tp.driver_base_rss_mb + 3 * tp.data_mb + copies * w_mb + basis + 12 * vec_mb + stats_mb
     if ray:
         plan.peak_rss_mb["driver"] = driver
-        plan.peak_rss_mb["actor"] = tp.base_rss_mb + RAY_WORKER_EXTRA_MB + 5 * w_mb + max(tile_mb, graph_mb) + stats_mb
+        plan.peak_rss_mb["actor"] = tp.base_rss_mb + RAY_WORKER_EXTRA_MB + 6 * w_mb + max(tile_mb, graph_mb) + stats_mb
     else:
         plan.peak_rss_mb["driver"] = driver + max(tile_mb, graph_mb)
-    train_mb = tp.base_rss_mb + 3 * tp.data_mb + 6 * tp.n_params * 4 / 2**20 + tile_mb
-    plan.peak_rss_mb["train"] = train_mb
-    plan.notes.append(f"active fraction {tp.active_fraction:.2f} measured at initialisation, assumed at every "
-                      "checkpoint (an upper bound once margins grow)")
+    plan.peak_rss_mb["train"] = (tp.driver_base_rss_mb + 3 * tp.data_mb + 5 * tp.n_params * 4 / 2**20
+                                 + tp.activation_bytes * min(4096, n_train) / 2**20)
+    if active_fractions is None:
+        plan.notes.append(f"active fraction {tp.active_fraction:.2f} measured at initialisation, assumed at every "
+                          "checkpoint (an upper bound once margins grow; `--run` measures them per checkpoint)")
+    else:
+        plan.notes.append("active fractions per checkpoint, measured on the run's checkpoints: "
+                          + ", ".join(f"{f:.2f}" for f in active_fractions))
     if kind == "cuda" and devices > 1:
         plan.notes.append(f"an extrapolation: throughputs measured on one {tp.device} device, assumed on each of "
                           f"{devices}, with actor work divided evenly")
-    plan.notes.append(f"pool HVPs {'reuse stored graphs' if use_graph else 'recompute the graph (fwd-rev)'}: "
-                      f"{per_actor_graph / 2**20:.0f} MB of graph per process, budget {mc.hvp_graph_budget_mb:.0f} MB")
+    plan.notes.append(f"pool HVPs: at most {graph_peak / 2**20:.0f} MB of stored graph per process "
+                      f"(budget {mc.hvp_graph_budget_mb:.0f} MB; above it, recomputed by fwd-rev)")
     return plan
+
+
+def run_active_fractions(run_dir, cfg: RunConfig, device: torch.device) -> list[float]:
+    """The fraction of the measurement pool with margin <= 1 at each checkpoint of a trained run
+    (the checkpoints `measure` would measure), from one forward pass each."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .data import load_dataset
+    from .hvp import active_examples
+    from .measure import available_epochs, select_pool
+
+    run_dir = Path(run_dir)
+    mc = cfg.measure
+    dtype = torch.float64 if mc.dtype == "float64" else torch.float32
+    data = load_dataset(cfg.data, cfg.seed)
+    x, y = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), mc.pool_size, cfg.seed)
+    epochs = mc.checkpoints if mc.checkpoints is not None else available_epochs(run_dir)
+    if not epochs:
+        raise PlanError(f"{run_dir} has no checkpoints; train it first, or plan without --run")
+    out = []
+    for e in epochs:
+        ckpt = load_checkpoint(run_dir / "checkpoints" / f"epoch_{e:04d}.pt", map_location="cpu")
+        model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
+        out.append(len(active_examples(model.plan, model.params(), x, y, mc.example_chunk)) / len(x))
+    return out
 
 
 def available_memory_mb() -> float:

@@ -148,7 +148,8 @@ def cmd_plan(args) -> int:
 
     import torch
 
-    from adaptsym.plan import PlanError, check_fits, format_plan, measure_throughput, parse_devices, plan_json, predict
+    from adaptsym.plan import (PlanError, check_fits, format_plan, measure_throughput, parse_devices, plan_json,
+                               predict, run_active_fractions)
 
     cfg = load_config(args.config)
     kind, count = parse_devices(args.devices or f"cpu:{os.cpu_count() or 1}")
@@ -157,9 +158,13 @@ def cmd_plan(args) -> int:
     device = torch.device("cuda" if kind == "cuda" else "cpu")
     code = 0
     for name in _models(cfg, args.model):
-        tp = measure_throughput(cfg, name, device, threads)
+        tp = measure_throughput(cfg, name, device, threads, driver_modules=("mlflow",) + (("ray",) if actors else ()))
+        fractions = None
+        if args.run:
+            run = Path(args.run) if len(cfg.models) == 1 else Path(args.run).parent / f"{cfg.name}-{name}"
+            fractions = run_active_fractions(run, cfg, device)
         plan = predict(cfg.model_copy(update={"models": {name: cfg.models[name]}}), tp, kind, count, actors,
-                       f"{Path(args.config).name} [{name}]")
+                       f"{Path(args.config).name} [{name}]", fractions)
         print(plan_json(plan, tp) if args.json else format_plan(plan, tp))
         try:
             check_fits(plan, actors or 0)
@@ -241,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--actors", type=positive_int, default=None,
                     help="Ray actors for measure --ray (default: in process on CPU, one per GPU on cuda)")
     pl.add_argument("--model", default=None, help="one model of the config (default: all)")
+    pl.add_argument("--run", default=None,
+                    help="a trained run of this config: use each checkpoint's measured fraction of active pool "
+                         "examples instead of the initialisation's (plans the measurement after training)")
     pl.add_argument("--json", action="store_true", help="print the plan and the throughputs as JSON")
     pl.add_argument("--force", action="store_true", help="exit 0 even when the plan does not fit in memory")
     pl.set_defaults(func=cmd_plan)
