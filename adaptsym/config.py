@@ -163,6 +163,10 @@ class MeasureSpec(_Strict):
     circuits: CircuitSpec = Field(default_factory=CircuitSpec)
     histogram_bins: int = Field(default=128, gt=1)  # weight histograms (fixed per-layer bins)
     pool_size: int = Field(default=512, gt=1)  # n pool examples from the training set
+    # 'all': the first pool_size of a seeded permutation of the training set, the same at every
+    # checkpoint; 'active': the first pool_size of those with margin < 1 at each checkpoint (the
+    # examples that carry the Hessian), so the pool changes with the checkpoint
+    pool: Literal["all", "active"] = "all"
     minibatch: int | None = Field(default=None, gt=0)  # s; null = training batch size
     design: DesignSpec = Field(default_factory=DesignSpec)
     replicates: int = Field(default=1000, gt=1)  # B bootstrap replicates

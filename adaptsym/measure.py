@@ -39,6 +39,7 @@ from .spectrum import measure_spectrum
 from .weights import measure_weights
 from .errors import UserFacingError
 from .provenance import resolve_device
+from .observation import Observation
 from .runlock import run_lock
 from .store import RunStore, checkpoint_group
 
@@ -71,6 +72,19 @@ def select_pool(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple
     return x[idx], y[idx]
 
 
+def active_pool(model, x: torch.Tensor, y: torch.Tensor, size: int, seed: int, chunk: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `size` training examples with margin < 1 at this model, in the order of the same
+    seeded permutation as `select_pool` (`measure.pool: active`)."""
+    perm = torch.as_tensor(np.random.default_rng(np.random.SeedSequence([seed, 0xB00])).permutation(len(x)),
+                           device=x.device)
+    with torch.no_grad():
+        out = torch.cat([model(x[perm[i : i + chunk]]) for i in range(0, len(x), chunk)])
+    keep = perm[y[perm] * out < 1.0][:size]
+    idx = torch.sort(keep).values
+    return x[idx], y[idx]
+
+
 def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: int, store: RunStore, group: str,
                        executor, design: EntryDesign, progress: bool = False) -> list:
     """Every observable the measure config asks for, at one checkpoint's model."""
@@ -91,7 +105,12 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
         timed(lambda: measure_weights(params, mcfg.histogram_bins))
     if "gradients" in want:
         timed(lambda: measure_gradients(op, cfg.train.lr))
-    if "hessian_entries" in want:
+    if "hessian_entries" in want and len(x) < max(s, 20):
+        obs = Observation("hessian_entries", scalars={"pool_size": len(x), "minibatch": s})
+        obs.attrs["skipped"] = (f"only {len(x)} training examples have margin < 1 (measure.pool: active); the "
+                                f"statistics need at least max(s, 20) = {max(s, 20)}")
+        out.append(obs)
+    elif "hessian_entries" in want:
         work = EntryWork(str(store.path), f"{group}/hessian_entries", design,
                          mcfg.model_dump(mode="json"), s, cfg.seed, epoch, ckpt["model_spec"],
                          tuple(ckpt["input_shape"]), [w.detach().cpu() for w in ckpt["weights"]],
@@ -167,7 +186,8 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwr
     x, y = select_pool(data.x_train, data.y_train, mcfg.pool_size, cfg.seed)
     s = mcfg.minibatch or cfg.train.batch_size
     # everything a bad config can break is checked before any checkpoint group is touched
-    check_pool(len(x), s)
+    if mcfg.pool == "all":
+        check_pool(len(x), s)
     index = ParamIndex(tuple(tuple(int(d) for d in shape) for shape in root["layer_shapes"]))
     design = make_design(mcfg.design, index, cfg.seed)  # the same entries at every checkpoint
     mconf = mcfg.model_dump(mode="json")
@@ -216,7 +236,9 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwr
             store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest, "complete": False},
                             group=group)
             model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
-            observations = measure_checkpoint(model, ckpt, x, y, cfg, s, epoch, store, group, executor, design,
+            px, py = (x, y) if mcfg.pool == "all" else active_pool(model, data.x_train, data.y_train, mcfg.pool_size,
+                                                                   cfg.seed, mcfg.example_chunk)
+            observations = measure_checkpoint(model, ckpt, px, py, cfg, s, epoch, store, group, executor, design,
                                               progress)
             metrics = {}
             for obs in observations:

@@ -80,7 +80,8 @@ class Throughput:
     hvp_fwdrev_s: float
     graph_bytes: float  # per example
     tile_s: float  # per example-column
-    tile_peak_mb: float  # per example of a tile
+    tile_peak_mb: float  # peak memory of a tile, per example (slope between two tile sizes)
+    tile_fixed_mb: float  # and its part that does not grow with the examples
     histogram_s: float  # weights + gradients histograms, per checkpoint
     circuits_s: float  # per checkpoint
     statistics_s: float  # per checkpoint
@@ -92,6 +93,7 @@ class Throughput:
     base_rss_mb: float  # a worker: torch, zarr, scipy, adaptsym
     driver_base_rss_mb: float  # the driver: the same plus `driver_modules` (MLflow, Ray)
     seconds: float = 0.0  # how long the measurement took
+    note: str = ""  # e.g. a stand-in data set
 
 
 @dataclass
@@ -139,7 +141,8 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     gradient over them takes more than `cheap_s` (large models, where cost is linear in the
     examples), else on the batch sizes the job uses (small models, where per-call overhead counts)."""
     from .circuits import measure_circuits
-    from .data import load_dataset
+    from .config import DataSpec
+    from .data import DataError, load_dataset
     from .entries import make_design
     from .hvp import PoolHessian, SavedBytes, active_examples
     from .measure import select_pool
@@ -152,9 +155,20 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     mc = cfg.measure
     dtype = torch.float64 if mc.dtype == "float64" else torch.float32
     t0 = time.perf_counter()
-    data = load_dataset(cfg.data, cfg.seed)
+    note, sizes = "", None
+    try:
+        data = load_dataset(cfg.data, cfg.seed)
+    except DataError:
+        if cfg.data.name != "cifar10-binary":
+            raise
+        # no local CIFAR-10: time the kernels on photo-patches (the same 3x32x32 shape) and count
+        # CIFAR-10's 50,000 / 10,000 examples (or the configured subsets)
+        data = load_dataset(DataSpec(name="photo-patches", patches={"n_samples": 2048}), cfg.seed)
+        sizes = (cfg.data.n_train or 50_000, cfg.data.n_test or 10_000)
+        note = ("CIFAR-10 is not here: kernels timed on photo-patches (same 3x32x32 shape), with CIFAR-10's "
+                f"{sizes[0]:,} training and {sizes[1]:,} test examples")
     data_s = time.perf_counter() - t0
-    data_mb = (data.x_train.nbytes + data.x_test.nbytes) / 2**20
+    data_mb = (data.x_train.nbytes + data.x_test.nbytes) / 2**20 * (sizes[0] / len(data.x_train) if sizes else 1)
     model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=torch.float32).to(device)
     xs, ys = data.x_train.to(device), data.y_train.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
@@ -196,9 +210,16 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     design = make_design(mc.design, model.index, cfg.seed)
     ea = min(design.entry_chunk(mc.column_chunk), design.n_entries)
     cols = max(1, mc.column_chunk if design.kind == "block" else ea)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tile_s = _best(lambda: design_tile(model.plan, model.params(), model.index, design, xb, yb, 0, ea)) / (b * cols)
-    tile_peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024 / b
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tile = lambda m: design_tile(model.plan, model.params(), model.index, design, xb[:m], yb[:m], 0, ea)
+    b1 = max(1, b // 2)
+    rss0 = peak()
+    tile(b1)  # ru_maxrss only grows: the smaller tile first, then the larger one
+    d1 = peak() - rss0
+    tile_s = _best(lambda: tile(b)) / (b * cols)
+    d2 = peak() - rss0
+    tile_peak_mb = max(d2 - d1, 0.0) / max(1, b - b1) if b > b1 else d2 / b
+    tile_fixed_mb = max(0.0, d1 - tile_peak_mb * b1)
     graph = PoolHessian(model.plan, model.params(), xb, yb, method="graph")
     t0 = time.perf_counter()
     graph.matvec(v)
@@ -215,11 +236,12 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     statistics_s = statistics_seconds(cfg, px, py, device)
     big = torch.randn(model.n_params, dtype=torch.float64)
     vector_s = _best(lambda: (big * 1.0001).sum(), 3)
+    n_train, n_test = sizes if sizes else (len(data.x_train), len(data.x_test))
     return Throughput(str(device), threads, model.n_params, torch.empty(0, dtype=dtype).element_size(), active,
-                      sgd_s, forward_s, gradient_s, train_gradient_s, activation_bytes, hvp_graph_s, hvp_fwdrev_s, graph_bytes, tile_s, tile_peak_mb,
-                      histogram_s, circuits_s, statistics_s, vector_s, data_s, data_mb, len(data.x_train),
-                      len(data.x_test), interpreter_rss_mb(), interpreter_rss_mb(driver_modules),
-                      time.perf_counter() - t_start)
+                      sgd_s, forward_s, gradient_s, train_gradient_s, activation_bytes, hvp_graph_s, hvp_fwdrev_s,
+                      graph_bytes, tile_s, tile_peak_mb, tile_fixed_mb, histogram_s, circuits_s, statistics_s, vector_s, data_s,
+                      data_mb, n_train, n_test, interpreter_rss_mb(), interpreter_rss_mb(driver_modules),
+                      time.perf_counter() - t_start, note)
 
 
 def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
@@ -289,7 +311,11 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
         if "hessian_entries" in want:
             part["hessian_entries"] = a * J * tp.tile_s / k + tp.statistics_s
         if "spectrum" in want:
-            reorth = 4 * (1 + steps) / 2 * tp.vector_s  # CGS twice against half the basis on average
+            in_ram = mc.spectrum.basis_budget_mb * 2**20 / (tp.n_params * 4)
+            spilled = max(0.0, steps - in_ram)  # rows on disk by the last step
+            # one Gram-Schmidt pass reads the basis twice (about half of it on average over the steps),
+            # and rows on disk cost a read each time (about one more vector pass)
+            reorth = 2 * (1 + steps) / 2 * tp.vector_s + 2 * spilled * spilled / (2 * steps) * tp.vector_s
             part["spectrum"] = starts * steps * (a * hvp / k + reorth + (3 * k * tp.vector_s if ray else 0.0))
         if "circuits" in want:
             part["circuits"] = tp.circuits_s
@@ -302,7 +328,7 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     basis = min(steps * tp.n_params * 4, mc.spectrum.basis_budget_mb * 2**20) / 2**20 if "spectrum" in want else 0
     h_mb = n * K * 8 / 2**20
     stats_mb = 3 * mc.replicates * min(K, 1024) * 8 / 2**20 + 2 * h_mb
-    tile_mb = tp.tile_peak_mb * min(mc.example_chunk, n)
+    tile_mb = tp.tile_fixed_mb + tp.tile_peak_mb * min(mc.example_chunk, n)
     graph_mb = graph_peak / 2**20 + (vec_mb if graph_peak else 0.0)
     copies = 2 * (3 + (k + 1 if ray else 0))
     driver = tp.driver_base_rss_mb + 3 * tp.data_mb + copies * w_mb + basis + 12 * vec_mb + stats_mb
@@ -319,6 +345,8 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     else:
         plan.notes.append("active fractions per checkpoint, measured on the run's checkpoints: "
                           + ", ".join(f"{f:.2f}" for f in active_fractions))
+    if tp.note:
+        plan.notes.append(tp.note)
     if kind == "cuda" and devices > 1:
         plan.notes.append(f"an extrapolation: throughputs measured on one {tp.device} device, assumed on each of "
                           f"{devices}, with actor work divided evenly")

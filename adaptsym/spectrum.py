@@ -68,9 +68,9 @@ class LanczosBasis:
             return self.mem[start:stop]
         lo = start - len(self.mem)
         self._file.seek(lo * self.n * self.itemsize)
-        buf = np.frombuffer(self._file.read((stop - start) * self.n * self.itemsize),
-                            dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
-        return torch.from_numpy(buf.copy()).reshape(stop - start, self.n).to(self.device)
+        out = torch.empty((stop - start, self.n), dtype=self.dtype)
+        self._file.readinto(out.numpy().data)  # straight into the tensor, no intermediate copy
+        return out.to(self.device)
 
     def _blocks(self):
         for a in range(0, self.count, self.block):
@@ -98,7 +98,8 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, st
             ) -> tuple[np.ndarray, np.ndarray]:
     """Tridiagonal coefficients (alpha (m,), beta (m-1,)) from start v0 (normalised inside).
 
-    Full reorthogonalisation (twice, classical Gram-Schmidt) against all previous vectors, held
+    The three-term recurrence, then full reorthogonalisation (classical Gram-Schmidt, a second
+    pass when the first removed more than 1 - 1/sqrt 2 of the norm) against all previous vectors, held
     by a `LanczosBasis` (in `basis_dtype`, default v0's; at most `budget_bytes` in RAM, the rest
     spilled to disk). Stops early on an invariant subspace, or once `until(alpha, beta)` (the
     coefficients so far) is true. Without `reorth` only the three-term recurrence runs and only
@@ -119,11 +120,12 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, st
             alpha.append(float(a))
             if until is not None and until(alpha, beta):
                 break
-            if reorth:
-                for _ in range(2):
+            w = w - a * q - (beta[-1] * q_prev if j > 0 else 0)  # the three-term recurrence
+            if reorth:  # then Gram-Schmidt against the whole basis, again only if it removed much
+                norm = w.norm()  # (the DGKS criterion: a second pass when the norm fell below 1/sqrt 2)
+                w = basis.project_out(w)
+                if w.norm() < 0.7071 * norm:
                     w = basis.project_out(w)
-            else:
-                w = w - a * q - (beta[-1] * q_prev if j > 0 else 0)
             b = float(w.norm())
             if j == steps - 1 or b < 1e-12 * max(1.0, abs(alpha[0])):
                 break

@@ -7,7 +7,9 @@ On a machine with CUDA it runs, in under 8 minutes on one GPU:
 2. a short vgg12 measurement of `configs/paper-cpu.yaml` on CUDA (2 checkpoints, every observable)
    through Ray with one actor per GPU, with the device of each actor's tensors read back from the
    actors;
-3. `adaptsym plan`'s prediction for that measurement next to the measured wall time and peak RSS.
+3. `adaptsym plan`'s prediction for that measurement next to the measured wall time and peak RSS,
+   and its prediction for `configs/paper-vgg12-cifar10.yaml` on 1 and 8 GPUs (an extrapolation
+   from this GPU's throughputs; photo-patches stand in for CIFAR-10 when no copy is present).
 
 Without CUDA it says so in the JSON and exits 0, unless `--smoke`: a CPU run of the same steps at
 toy size (vgg12 at width 1/16, 16 pool examples), which is how CI tests this script.
@@ -117,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     out["plan"] = {"predicted_train_seconds": plan.seconds["train"], "measured_train_seconds": got["train_seconds"],
                    "predicted_measure_seconds": predicted_measure, "measured_measure_seconds": got["measure_seconds"],
                    "predicted_peak_rss_mb": plan.peak_rss_mb, "measured_peak_rss_mb": got["peak_rss_mb"]}
+    if cuda:  # the paper's workload, extrapolated from this GPU's throughputs
+        from adaptsym.config import load_config
+
+        pcfg = load_config(ROOT / "configs/paper-vgg12-cifar10.yaml")
+        ptp = measure_throughput(pcfg, "vgg12", device, threads=1, driver_modules=("mlflow", "ray"))
+        out["paper_vgg12_cifar10_prediction"] = {
+            f"cuda:{g}": {"total_hours": p.total_seconds / 3600, "seconds": p.seconds, "peak_rss_mb": p.peak_rss_mb,
+                          "notes": p.notes}
+            for g, p in ((g, predict(pcfg, ptp, "cuda", g, g)) for g in (1, 8))}
     want = "cuda" if cuda else "cpu"
     out["ok"] = bool(got["actor_tensor_devices"]) and all(d.startswith(want) for d in got["actor_tensor_devices"])
     out["seconds"] = time.perf_counter() - t0

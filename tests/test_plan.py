@@ -40,7 +40,7 @@ def test_plan_scales_with_the_work():
     """Doubling the pool doubles the per-example phases; actors divide them; a budget too small
     for the graphs switches the spectrum to forward-over-reverse products."""
     cfg = small_demo()
-    tp = Throughput("cpu", 1, 10_000, 8, 1.0, 1e-4, 3e-5, 1e-4, 1e-4, 1e5, 2e-4, 4e-4, 1e6, 3e-4, 0.01, 0.1, 0.2, 0.3, 1e-5,
+    tp = Throughput("cpu", 1, 10_000, 8, 1.0, 1e-4, 3e-5, 1e-4, 1e-4, 1e5, 2e-4, 4e-4, 1e6, 3e-4, 0.01, 5.0, 0.1, 0.2, 0.3, 1e-5,
                     1.0, 5.0, 1000, 200, 300.0, 400.0)
     one = predict(cfg, tp, "cpu", 1, None)
     big = predict(cfg.model_copy(update={"measure": cfg.measure.model_copy(update={"pool_size": 512})}), tp, "cpu", 1, None)
@@ -55,7 +55,7 @@ def test_plan_scales_with_the_work():
 
 def test_plan_refuses_what_does_not_fit_and_absent_devices(monkeypatch):
     cfg = small_demo()
-    tp = Throughput("cpu", 1, 10_000_000, 8, 1.0, 1e-4, 3e-5, 1e-4, 1e-4, 1e5, 2e-4, 4e-4, 1e6, 3e-4, 0.01, 0.1, 0.2, 0.3, 1e-5,
+    tp = Throughput("cpu", 1, 10_000_000, 8, 1.0, 1e-4, 3e-5, 1e-4, 1e-4, 1e5, 2e-4, 4e-4, 1e6, 3e-4, 0.01, 5.0, 0.1, 0.2, 0.3, 1e-5,
                     1.0, 5.0, 1000, 200, 300.0, 400.0)
     plan = predict(cfg, tp, "cpu", 2, 2)
     monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: 100.0)

@@ -1,0 +1,63 @@
+"""jobs.regime_study: a tiny study end to end, its refusals, and the pool composition variant."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from jobs import regime_study
+
+
+def tiny(tmp_path, **over):
+    cfg = {
+        "name": "tiny", "device": "cpu",
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.01, "checkpoints": [0, 2]},
+        "measure": {"pool_size": 128, "minibatch": 16, "design": {"kind": "block", "rows": 12, "cols": 6},
+                    "replicates": 100, "tuples_per_entry": 4, "mardia_sets": 0},
+        "systems": {"mlp": {"data": {"name": "digits-binary"}, "model": {"kind": "mlp", "hidden": [16, 16]}}},
+        "variants": {"default": {}, "active-pool": {"pool": "active"}, "rho": {"nonzero": "threshold",
+                                                                             "threshold": 0.3}},
+    }
+    cfg.update(over)
+    path = tmp_path / "regime.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_tiny_study_writes_the_table(tmp_path, capsys):
+    path = tiny(tmp_path)
+    assert regime_study.main(["--config", str(path), "--out", str(tmp_path / "out"), "--no-mlflow", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads(text[text.index("{"):])
+    rows = summary["rows"]
+    assert {(r["variant"], r["epoch"]) for r in rows} == {(v, e) for v in ("default", "active-pool", "rho")
+                                                          for e in (0, 2)}
+    from adaptsym.store import RunStore
+
+    store = RunStore(tmp_path / "out" / "tiny-regime" / "regime.zarr", mode="r")
+    assert len(store.read("table", "z_fraction")) == 6
+    default = {r["epoch"]: r for r in rows if r["variant"] == "default"}
+    active = {r["epoch"]: r for r in rows if r["variant"] == "active-pool"}
+    for e in (0, 2):
+        d = default[e]
+        assert d["z_fraction_ci_low"] <= d["z_fraction"] <= d["z_fraction_ci_high"]
+        assert d["verdict_z"] in ("reproduced", "not reproduced", "inconclusive", "untested")
+    # the active pool holds only examples with margin < 1: all of it is active
+    a = active[2]
+    assert np.isnan(a["z_fraction"]) or a["n_active_examples"] == a["pool_size"]
+    assert (tmp_path / "out" / "tiny-regime" / "regime_variants.png").stat().st_size > 0
+
+
+def test_study_over_budget_is_refused_and_bad_variants_named(tmp_path, capsys):
+    path = tiny(tmp_path)
+    assert regime_study.main(["--config", str(path), "--out", str(tmp_path), "--budget-min", "0.001",
+                              "--no-mlflow"]) == 2
+    assert "exceeds --budget-min" in capsys.readouterr().err
+    bad = tiny(tmp_path, variants={"default": {}, "oops": {"pool": "some"}})
+    assert regime_study.main(["--config", str(bad), "--out", str(tmp_path), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "oops" in err and "measure.pool" in err
+    nodefault = tiny(tmp_path, variants={"x": {}})
+    assert regime_study.main(["--config", str(nodefault), "--out", str(tmp_path), "--no-mlflow"]) == 2
+    assert "default" in capsys.readouterr().err
