@@ -128,12 +128,14 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
     sc["z_cut"] = mc["z_cut"]
     # the same fraction at other batch sizes; s = 1 is the per-example normalisation mean / std of h
     by_s = [z_fraction(z * np.sqrt(b / s), mc["z_cut"]) for b in Z_BATCHES]
-    ci = np.array([fraction_interval(res, column=1 + i) for i in range(len(Z_BATCHES))])
     obs.add("z_fraction_batch", np.array(Z_BATCHES), ["zbatch"])
     obs.add("z_fraction_by_batch", np.array(by_s), ["zbatch"])
-    obs.add("z_fraction_by_batch_ci", ci, ["zbatch", "ci_end"])
+    for i, b in enumerate(Z_BATCHES):  # intervals as scalars: NaN (no varying entry) is allowed there
+        sc[f"z_fraction_s{b}"] = by_s[i]
+        sc[f"z_fraction_s{b}_ci_low"], sc[f"z_fraction_s{b}_ci_high"] = fraction_interval(res, column=1 + i)
     sc["z_fraction_per_example"] = by_s[0]
-    sc["z_fraction_per_example_ci_low"], sc["z_fraction_per_example_ci_high"] = ci[0]
+    sc["z_fraction_per_example_ci_low"] = sc["z_fraction_s1_ci_low"]
+    sc["z_fraction_per_example_ci_high"] = sc["z_fraction_s1_ci_high"]
     devs = {key: np.concatenate([b["devs"][key] for b in order]) for key in ("mean", "std", "skew", "exkurt")}
     sc.update({f"scaling.{k}": v for k, v in summarise_deviations(devs).items()})
 
