@@ -77,12 +77,12 @@ class LanczosBasis:
             yield self._rows(a, min(a + self.block, self.count)).to(self._wdtype)
 
     def project_out(self, w: torch.Tensor) -> torch.Tensor:
-        """w - Q'(Q w): one classical Gram-Schmidt pass against every stored row."""
+        """w - Q'(Q w), in place: one classical Gram-Schmidt pass against every stored row."""
         self._wdtype = w.dtype
         coef = torch.cat([blk @ w for blk in self._blocks()])
         start = 0
         for blk in self._blocks():
-            w = w - blk.T @ coef[start : start + len(blk)]
+            w.addmv_(blk.T, coef[start : start + len(blk)], alpha=-1.0)  # no N-vector temporaries
             start += len(blk)
         return w
 
@@ -120,7 +120,10 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, st
             alpha.append(float(a))
             if until is not None and until(alpha, beta):
                 break
-            w = w - a * q - (beta[-1] * q_prev if j > 0 else 0)  # the three-term recurrence
+            w = w.clone() if w is q else w
+            w.sub_(q, alpha=float(a))  # the three-term recurrence, in place
+            if j > 0:
+                w.sub_(q_prev, alpha=beta[-1])
             if reorth:  # then Gram-Schmidt against the whole basis, again only if it removed much
                 norm = w.norm()  # (the DGKS criterion: a second pass when the norm fell below 1/sqrt 2)
                 w = basis.project_out(w)
