@@ -64,6 +64,8 @@ GRAPH_BUDGET_BYTES = 2**30
 def active_examples(plan, weights, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
     """Indices of the examples with margin y T(x) <= 1, the only ones with a non-zero hinge
     gradient or Hessian (torch's clamp passes the gradient at exactly 0, so margin 1 counts)."""
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
     with torch.no_grad():
         out = torch.cat([forward(plan, weights, x[i : i + chunk]) for i in range(0, len(x), chunk)])
     return torch.nonzero(1.0 - y * out >= 0).flatten()

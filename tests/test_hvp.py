@@ -85,3 +85,26 @@ def test_stratified_rows_cover_every_layer(small):
     d = block_design(model.index, model.n_layers * 2, 3, np.random.default_rng(0), stratify=True)
     assert set(model.index.layer_of(d.rows)) == set(range(model.n_layers))
     assert len(np.unique(d.rows)) == len(d.rows)
+
+
+def test_inactive_examples_are_dropped_exactly_and_an_empty_pool_is_flat(small):
+    """Examples with margin > 1 carry no gradient or Hessian: the operator over the pool equals
+    the one over its active part (divided by the whole n), and a pool with none is flat."""
+    from adaptsym.hvp import active_examples
+
+    model, x, y = small
+    with torch.no_grad():
+        out = model(x)
+    y2 = y.clone()
+    y2[::2] = torch.sign(out[::2]) * 1.0  # these now have margin |T| ...
+    x2 = x.clone()
+    x2[::2] *= 10.0 / out[::2].abs().clamp(min=1e-3).view(-1, *([1] * (x.dim() - 1)))  # ... |T| = 10 (homogeneous)
+    op = PoolHessian(model.plan, model.params(), x2, y2, method="fwd-rev")
+    assert op.n_active == len(x) - len(x[::2])
+    v = tuple(torch.randn_like(w) for w in model.params())
+    keep = active_examples(model.plan, model.params(), x2, y2, 4)
+    full = PoolHessian(model.plan, model.params(), x2[keep], y2[keep], method="fwd-rev").hvp(v)
+    for a, b in zip(op.hvp(v), full):
+        torch.testing.assert_close(a * len(x), b * len(keep))
+    empty = PoolHessian(model.plan, model.params(), x[:0], y[:0])
+    assert empty.n_active == 0 and all(float(g.abs().max()) == 0 for g in empty.gradient())
