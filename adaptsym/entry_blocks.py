@@ -176,7 +176,9 @@ class EntryBlocks:
         devs = scaling_deviations(X[:, valid], hb[:, valid], w.s)
         idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.mcfg["uncertainty_resamples"], w.n))
         cut = w.mcfg["z_cut"]
-        res = z_resample_counts(hb, w.s, np.concatenate([[cut], batch_cuts(cut, w.s)]), idx, exclude=sz)
+        whole = np.arange(w.n)[None]  # row 0: the pool itself, then the resamples
+        res = z_resample_counts(hb, w.s, np.concatenate([[cut], batch_cuts(cut, w.s)]), np.vstack([whole, idx]),
+                                exclude=sz)
         for stat, (lo, hi) in moment_intervals(hb, w.s, idx).items():
             self.group[f"{stat}_ci_low"][a0:a1] = np.where(valid, lo, np.nan)
             self.group[f"{stat}_ci_high"][a0:a1] = np.where(valid, hi, np.nan)

@@ -179,8 +179,13 @@ def fig7ab(r: _Reader, fig):
     ax1.legend(fontsize=6)
     ax1.set_title("Fig 7a: normalised means", fontsize=9)
     ep, frac = r.scalar("hessian_entries", "z_fraction")
-    ax2.plot(ep, frac, "o-", label="z at the minibatch size s (SPEC)")
-    _band(r, ax2, ep, "z_fraction", frac)
+    ax2.plot(ep, frac, "o:", label="z at the minibatch size s, from the B replicates (SPEC)")
+    try:
+        epx, fx = r.scalar("hessian_entries", "z_fraction_exact")
+        ax2.plot(epx, fx, "o-", label="z at s, exact over S")
+        _band(r, ax2, epx, "z_fraction", fx)
+    except MissingData:
+        _band(r, ax2, ep, "z_fraction", frac)
     try:
         ep1, f1 = r.scalar("hessian_entries", "z_fraction_per_example")
         ax2.plot(ep1, f1, "s--", label="z per example (= z / sqrt(s))")

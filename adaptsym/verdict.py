@@ -65,7 +65,10 @@ def judge(scalars: dict, config: dict, model_name: str, epoch: int) -> list[Verd
     """The two verdict rows from one checkpoint's scalars (`hessian_entries.*`)."""
     regime, paper_regime = regime_of(config, model_name, epoch, scalars)
     rows = []
-    z, lo, hi = (_num(scalars, f"hessian_entries.z_fraction{s}") for s in ("", "_ci_low", "_ci_high"))
+    # the exact-z fraction, whose interval the pool resamples give (older stores: the replicate one)
+    zkey = "z_fraction_exact" if "hessian_entries.z_fraction_exact" in scalars else "z_fraction"
+    z = _num(scalars, f"hessian_entries.{zkey}")
+    lo, hi = (_num(scalars, f"hessian_entries.z_fraction{s}") for s in ("_ci_low", "_ci_high"))
     cut = _num(scalars, "hessian_entries.z_cut")
     if not np.isfinite(z):
         face, why = "untested", "no entry varies over the pool (H = 0 here)"

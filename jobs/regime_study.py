@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-COLUMNS = ("z_fraction", "z_fraction_ci_low", "z_fraction_ci_high", "z_fraction_per_example",
+COLUMNS = ("z_fraction", "z_fraction_exact", "z_fraction_ci_low", "z_fraction_ci_high", "z_fraction_per_example",
            "z_fraction_per_example_ci_low", "z_fraction_per_example_ci_high", "corr.relative",
            "corr.relative_ci_low", "corr.relative_ci_high", "corr.untestable", "corr.min_detectable_rho",
            "n_active_examples", "pool_size", "n_valid")
@@ -110,10 +110,11 @@ def figure(path: Path, rows: list[dict], systems: list[str]) -> None:
     for s in systems:
         pts = [r for r in rows if r["system"] == s and r["variant"] == "default"]
         ep = [r["epoch"] for r in pts]
-        for ax, key in ((axes[0], "z_fraction"), (axes[1], "z_fraction_per_example")):
+        for ax, key, band in ((axes[0], "z_fraction_exact", "z_fraction"),
+                              (axes[1], "z_fraction_per_example", "z_fraction_per_example")):
             y = np.array([r[key] for r in pts])
             line = ax.plot(ep, y, "o-", label=s)[0]
-            ax.fill_between(ep, [r[f"{key}_ci_low"] for r in pts], [r[f"{key}_ci_high"] for r in pts],
+            ax.fill_between(ep, [r[f"{band}_ci_low"] for r in pts], [r[f"{band}_ci_high"] for r in pts],
                             alpha=0.2, color=line.get_color())
         rel = np.array([r["corr.relative"] for r in pts])
         ok = np.isfinite(rel) & (rel > 0)
