@@ -129,7 +129,7 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
     # the interval is that of the exact-z fraction (sqrt(s) mean / std of h over the pool), the
     # statistic the resamples recompute; z_fraction (from the B replicates) adds Monte Carlo noise
     sc["z_fraction_exact"] = exact(0)
-    sc["z_fraction_ci_low"], sc["z_fraction_ci_high"] = fraction_interval(res)
+    sc["z_fraction_ci_low"], sc["z_fraction_ci_high"] = fraction_interval(res, point=sc["z_fraction_exact"])
     sc["z_cut"] = mc["z_cut"]
     # the same fraction at other batch sizes; s = 1 is the per-example normalisation mean / std of h
     by_s = [exact(1 + i) for i in range(len(Z_BATCHES))]
@@ -137,7 +137,8 @@ def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = Fa
     obs.add("z_fraction_by_batch", np.nan_to_num(np.array(by_s), nan=-1.0), ["zbatch"])
     for i, b in enumerate(Z_BATCHES):  # intervals as scalars: NaN (no varying entry) is allowed there
         sc[f"z_fraction_s{b}"] = by_s[i]
-        sc[f"z_fraction_s{b}_ci_low"], sc[f"z_fraction_s{b}_ci_high"] = fraction_interval(res, column=1 + i)
+        sc[f"z_fraction_s{b}_ci_low"], sc[f"z_fraction_s{b}_ci_high"] = fraction_interval(res, column=1 + i,
+                                                                                         point=by_s[i])
     sc["z_fraction_per_example"] = by_s[0]
     sc["z_fraction_per_example_ci_low"] = sc["z_fraction_s1_ci_low"]
     sc["z_fraction_per_example_ci_high"] = sc["z_fraction_s1_ci_high"]

@@ -86,3 +86,17 @@ def test_sparsity_verdict_and_regimes():
     demo = judge(scalars(0.97, 0.96, 0.98), DEMO_CFG, "cnn", 5)
     assert [v.verdict for v in demo] == ["untested in this regime"] * 2
     assert demo[0].face_value == "reproduced" and "not the paper's regime" in demo[0].why
+
+
+def test_basic_interval_reflects_the_resampling_bias():
+    """Resampled fractions biased low by d give a basic interval shifted up by d around the point."""
+    from adaptsym.entry_stats import fraction_interval
+
+    rng = np.random.default_rng(3)
+    fr = 0.30 - 0.05 + 0.02 * rng.standard_normal(4000)  # resamples centred 0.05 below the point 0.30
+    counts = np.stack([np.round(fr * 1000), np.full(fr.size, 1000)], axis=1)
+    lo_p, hi_p = fraction_interval(counts)
+    lo_b, hi_b = fraction_interval(counts, point=0.30)
+    assert hi_p < 0.30 < hi_b and lo_b > lo_p
+    assert abs((lo_b + hi_b) / 2 - 0.35) < 0.005  # reflected: centre 2 * 0.30 - 0.25
+    assert np.isnan(fraction_interval(counts, point=float("nan"))).all()  # no point, no fake interval
