@@ -70,6 +70,7 @@ def judge(scalars: dict, config: dict, model_name: str, epoch: int) -> list[Verd
     z = _num(scalars, f"hessian_entries.{zkey}")
     lo, hi = (_num(scalars, f"hessian_entries.z_fraction{s}") for s in ("_ci_low", "_ci_high"))
     cut = _num(scalars, "hessian_entries.z_cut")
+    cut = cut if np.isfinite(cut) else float(config.get("measure", {}).get("z_cut", 0.15))
     if not np.isfinite(z):
         face, why = "untested", "no entry varies over the pool (H = 0 here)"
     elif not np.isfinite(lo):
