@@ -100,3 +100,44 @@ def test_basic_interval_reflects_the_resampling_bias():
     assert hi_p < 0.30 < hi_b and lo_b > lo_p
     assert abs((lo_b + hi_b) / 2 - 0.35) < 0.005  # reflected: centre 2 * 0.30 - 0.25
     assert np.isnan(fraction_interval(counts, point=float("nan"))).all()  # no point, no fake interval
+
+
+@pytest.mark.parametrize("n", [500, 2000, 8000])
+def test_planted_sparse_coupling_size_within_ten_percent(n):
+    """Planted groups of 5 entries with correlation 1/2 among 200 entries, half the pool active:
+    the relative coupling size lands within 10% of the truth and the realised FDR (mean false
+    discovery proportion over 5 draws) stays at or below 2q."""
+    from adaptsym.correlation import coupling_counts, standardise
+    from adaptsym.nulls import planted
+
+    q, fdps, rels = 0.05, [], []
+    for rep in range(5):
+        rng = np.random.default_rng([n, rep])
+        h, label = planted(n, groups=20, size=5, active=n // 2, law="normal", masks="shared", rng=rng, k_null=100)
+        K = h.shape[1]
+        truth = np.array([np.sum(label == g) - 1 if g >= 0 else 0 for g in label])
+        res = coupling_counts(standardise(h), "fdr", q)
+        rels.append(res.counts.mean() / (K - 1))
+        true_rel = truth.mean() / (K - 1)
+        found = res.counts.sum()
+        true_found = np.minimum(res.counts, truth).sum()  # counts beyond an entry's true partners are false
+        fdps.append((found - true_found) / max(found, 1))
+    assert abs(np.mean(rels) - true_rel) <= 0.10 * true_rel
+    assert np.mean(fdps) <= 2 * q
+
+
+def test_z_fraction_matches_its_closed_form_without_structure():
+    """Independent zero-mean entries: sqrt(s) mean / std is about N(0, s/n), so the fraction
+    with |z| < c is 2 Phi(c sqrt(n/s)) - 1, also under zero inflation (shared masks)."""
+    from scipy.stats import norm
+
+    from adaptsym.nulls import null
+
+    rng = np.random.default_rng(7)
+    n, K, s, c = 2000, 4000, 64, 0.15
+    for law in ("normal", "lognormal"):
+        h = null(n, K, n // 2, law, "shared", rng)
+        counts = z_resample_counts(h, s, c, np.arange(n)[None])[0]
+        got = counts[0] / counts[1]
+        want = 2 * norm.cdf(c * np.sqrt(n / s)) - 1
+        assert abs(got - want) < 4 * np.sqrt(want * (1 - want) / K) + 0.01, (law, got, want)
