@@ -98,6 +98,13 @@ def predict_minutes(cfg: RegimeConfig, device) -> tuple[float, dict]:
     return float(sum(per.values())), per
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def figure(path: Path, rows: list[dict], systems: list[str]) -> None:
     import matplotlib
 
@@ -135,8 +142,7 @@ def figure(path: Path, rows: list[dict], systems: list[str]) -> None:
     axes[0].legend(fontsize=6)
     axes[2].legend(fontsize=6)
     fig.suptitle("Regime study, default measurement: bands and bars are 95% intervals; dotted: the paper")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def variant_figure(path: Path, rows: list[dict], systems: list[str], variants: list[str]) -> None:
@@ -168,8 +174,7 @@ def variant_figure(path: Path, rows: list[dict], systems: list[str], variants: l
         ax.set_ylabel(lab, fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("Regime study: what the measurement choices move (every epoch a point)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
