@@ -19,6 +19,7 @@ a study predicted to exceed `--budget-min` is refused with the prediction unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -187,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    import torch
-
     from adaptsym.config import ConfigError, config_to_dict
     from adaptsym.measure import measure_run
     from adaptsym.provenance import provenance, resolve_device
@@ -215,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = None if args.no_mlflow else Tracker(args.out, cfg.name)
     rows: list[dict] = []
-    ctx = tracker.run(f"regime-{cfg.name}", tags={"kind": "regime_study"}) if tracker else None
-    parent = ctx.__enter__() if ctx else None
     started = time.perf_counter()
-    try:
+    with contextlib.ExitStack() as stack:
+        if tracker:
+            stack.enter_context(tracker.run(f"regime-{cfg.name}", tags={"kind": "regime_study"}))
         for s in cfg.systems:
             base = cfg.run_config(s, "default")
             res = train(base, "net", out_dir / "runs", progress=not args.quiet)
@@ -255,9 +254,6 @@ def main(argv: list[str] | None = None) -> int:
         if tracker:
             tracker.log_artifact(out_dir / "regime_default.png")
             tracker.log_artifact(out_dir / "regime_variants.png")
-    finally:
-        if ctx:
-            ctx.__exit__(None, None, None)
     took = (time.perf_counter() - started) / 60
     print(json.dumps({"predicted_minutes": minutes, "minutes": took, "zarr": str(out_dir / "regime.zarr"),
                       "rows": rows}, indent=1, default=float))

@@ -2,8 +2,6 @@
 
 import json
 
-import numpy as np
-import pytest
 import yaml
 
 from jobs import regime_study
