@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install mlflow-ui mlflow-server ray-head ray-stop bench gpu-check paper-cpu clean
+.PHONY: demo test install mlflow-ui mlflow-server ray-head ray-stop bench gpu-check paper-cpu effective-model signal-propagation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ paper-cpu: $(STAMP)
 	$(BIN)/adaptsym plan configs/paper-cpu.yaml --devices cpu:2 --actors 2
 	$(BIN)/adaptsym train --config configs/paper-cpu.yaml
 	$(BIN)/adaptsym measure --run runs/paper-cpu-vgg12 --ray --actors 2 --num-cpus 2
+
+# Zou & Huang's effective model on the bundled digits: ensembles on 2 Ray actors (about 17 min
+# on 2 cores), then the Ising fits, entropy landscapes and runs/effective-model-demo/effective_report.html
+effective-model: $(STAMP)
+	$(BIN)/python -m jobs.collect_ensemble --config configs/effective-model-demo.yaml --out runs
+	$(BIN)/python -m jobs.effective_model --config configs/effective-model-demo.yaml --out runs
+
+# q-map and chi_1 at initialisation against the closed forms (runs/signal-propagation/)
+signal-propagation: $(STAMP)
+	$(BIN)/python -m jobs.signal_propagation --out runs
 
 # Opens the local MLflow store that `make demo` writes (runs/mlflow.db), on 127.0.0.1 only.
 mlflow-ui: $(STAMP)

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from .entry_blocks import EntryBlocks, EntryWork
+from .progress import bar_off
 
 
 class LocalExecutor:
@@ -23,7 +24,7 @@ class LocalExecutor:
         if work.key not in self._blocks:
             self._blocks = {work.key: EntryBlocks(work, self.device)}  # one checkpoint at a time
         blocks = self._blocks[work.key]
-        for task in tqdm(tasks, desc=desc or method, disable=not progress, unit="tile", leave=False):
+        for task in tqdm(tasks, desc=desc or method, disable=bar_off(progress), unit="tile", leave=False):
             on_result(task, getattr(blocks, method)(*task))
 
     def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int, graph_budget_mb: float | None = None):

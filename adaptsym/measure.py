@@ -40,6 +40,7 @@ from .weights import measure_weights
 from .errors import UserFacingError
 from .provenance import resolve_device
 from .observation import Observation
+from .progress import bar_off
 from .runlock import run_lock
 from .store import RunStore, checkpoint_group
 
@@ -219,7 +220,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwr
         if tracker else contextlib.nullcontext()
     with ctx as mlrun:
         result.mlflow_run_id = mlrun.info.run_id if mlrun else None
-        for epoch in tqdm(wanted, desc=f"measure {run_dir.name}", disable=not progress, unit="ckpt"):
+        for epoch in tqdm(wanted, desc=f"measure {run_dir.name}", disable=bar_off(progress), unit="ckpt"):
             group = checkpoint_group(epoch)
             ckpt_path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
             digest = file_sha256(ckpt_path)

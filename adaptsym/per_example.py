@@ -25,6 +25,7 @@ from .hvp import active_examples, one_hot_tangents
 from .indexing import ParamIndex
 from .losses import hinge
 from .models import RowSelection, forward
+from .progress import bar_off
 
 
 def _row_grad_fn(plan, sel: RowSelection):
@@ -97,7 +98,7 @@ def design_entries(plan, weights, x, y, design, example_chunk: int = 256, column
     ea = design.entry_chunk(column_chunk)
     out = np.empty((n, K), dtype=np.float64)
     tiles = [(i, a) for i in range(0, n, example_chunk) for a in range(0, K, ea)]
-    for i, a in tqdm(tiles, desc="per-example entries", disable=not progress, unit="tile", leave=False):
+    for i, a in tqdm(tiles, desc="per-example entries", disable=bar_off(progress), unit="tile", leave=False):
         out[i : i + example_chunk, a : a + ea] = design_tile(plan, weights, index, design, x[i : i + example_chunk],
                                                              y[i : i + example_chunk], a, min(a + ea, K))
     return out

@@ -94,7 +94,6 @@ def fig3a(r: _Reader, fig):
 def fig3b(r: _Reader, fig):
     axes = fig.subplots(2, 3, squeeze=False)
     for row, mode in enumerate(("uniform", "active")):
-        eps, vals = {}, {}
         for o, order in enumerate(("order0", "order1", "order2")):
             ep, series = r.series("circuits", f"{mode}_{order}")
             ax = axes[row][o]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .progress import bar_off
+
 
 BLOCK_BYTES = 32 * 2**20  # basis rows are projected out in blocks of about this size
 
@@ -215,7 +217,7 @@ def slq(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, starts: int, ste
     nodes = np.zeros((starts, steps))
     weights = np.zeros((starts, steps))
     vhv = np.zeros(starts)
-    for s in tqdm(range(starts), desc="lanczos", disable=not progress, unit="start", leave=False):
+    for s in tqdm(range(starts), desc="lanczos", disable=bar_off(progress), unit="start", leave=False):
         v = torch.as_tensor(rng.choice([-1.0, 1.0], size=n), dtype=dtype, device=device)
         a, b = lanczos(matvec, v, steps, **basis)
         th, w = ritz(a, b)

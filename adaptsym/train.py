@@ -21,6 +21,7 @@ from .config import RunConfig, config_to_dict
 from .data import Dataset, load_dataset
 from .losses import hinge
 from .models import BiasFreeNet
+from .progress import bar_off
 from .provenance import provenance, resolve_device
 from .runlock import run_lock
 from .store import RunStore
@@ -158,7 +159,7 @@ def _train(cfg: RunConfig, model_name: str, run_dir: Path, tracker, progress: bo
     with ctx as mlrun:
         if mlrun is not None:
             mlflow_run_id = mlrun.info.run_id
-        bar = tqdm(range(start_epoch, tcfg.epochs + 1), desc=f"train {model_name}", disable=not progress,
+        bar = tqdm(range(start_epoch, tcfg.epochs + 1), desc=f"train {model_name}", disable=bar_off(progress),
                    initial=start_epoch, total=tcfg.epochs + 1, unit="epoch")
         for epoch in bar:
             sgd_epoch(model, opt, data, tcfg.batch_size, cfg.seed, epoch)
@@ -215,7 +216,7 @@ def recreate_missing(cfg: RunConfig, model_name: str, data: Dataset, ckpt_dir: P
                 history = {k: list(v) for k, v in src["history"].items()}
                 start, mlflow_run_id = e + 1, src.get("mlflow_run_id")
                 break
-        for epoch in tqdm(range(start, target + 1), desc=f"recreate epoch {target}", disable=not progress,
+        for epoch in tqdm(range(start, target + 1), desc=f"recreate epoch {target}", disable=bar_off(progress),
                           unit="epoch"):
             sgd_epoch(model, opt, data, tcfg.batch_size, cfg.seed, epoch)
             record_epoch(model, data, tcfg.lr, epoch, history)

@@ -23,6 +23,10 @@ over repeats after a warm-up. Absolute times are printed too but mean little on 
   actor, on a local 2-CPU cluster (target >= 1.6).
 - ray_overhead_fraction (--ray): 1 - actor compute time / (actors x wall time) of the distributed
   Hessian-entry measurement of the demo model (tiles + statistics; target <= 0.15).
+- ensemble (--ensemble): binary-network training for the effective model, the demo config's
+  `under` scenario: accepted configurations per second per actor with 1 and with 2 Ray actors
+  (one thread each) on the same tasks, and ensemble_two_actor_speedup (2-actor over 1-actor
+  throughput; the ideal on 2 cores is 2).
 - measure_peak_rss_mb: peak resident memory of `measure` on the demo config (one checkpoint,
   in a child process).
 """
@@ -183,6 +187,38 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
     return out
 
 
+def bench_ensemble(config: Path, tasks: int) -> dict:
+    """Ensemble-collection throughput with 1 and 2 actors, the same `tasks` tasks each."""
+    import ray
+
+    from adaptsym.ensemble import load_effective_config, scenario_data
+    from services.cluster import connect, shutdown
+    from services.ensemble import RayTaskRunner
+
+    cfg = load_effective_config(config)
+    scenario = next(iter(cfg.scenarios))
+    spec, data = cfg.network_of(scenario).spec(), scenario_data(cfg, scenario)
+    threshold, batch = cfg.scenarios[scenario].threshold, cfg.collect.batch
+    connect(None, num_cpus=2, num_gpus=0)
+    out = {"scenario": scenario, "tasks": tasks, "networks_per_task": batch, "n_weights": spec.n_weights}
+    try:
+        for actors in (1, 2):
+            runner = RayTaskRunner(actors, in_flight=2)
+            ray.get([a.busy_seconds.remote() for a in runner.actors])  # actors up before the clock starts
+            t0 = time.perf_counter()
+            gen = runner.results(f"bench{actors}", data, spec, cfg.seed, batch, threshold, 0)
+            passed = sum(int(next(gen).passed.sum()) for _ in range(tasks))
+            wall = time.perf_counter() - t0
+            gen.close()
+            runner.close()
+            out[f"actors_{actors}"] = {"seconds": wall, "configurations": passed,
+                                       "configs_per_s": passed / wall, "configs_per_s_per_actor": passed / wall / actors}
+    finally:
+        shutdown()
+    out["ensemble_two_actor_speedup"] = out["actors_2"]["configs_per_s"] / out["actors_1"]["configs_per_s"]
+    return out
+
+
 def measure_peak_rss_mb(config: Path) -> float:
     """Peak RSS of `adaptsym measure` on one (initial) checkpoint of `config`, in a child process."""
     from adaptsym.config import load_config
@@ -217,7 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--ray", action="store_true", help="also the Ray ratios (a local 2-CPU cluster)")
     p.add_argument("--ray-model", default="cnn")
+    p.add_argument("--ensemble", action="store_true",
+                   help="only the effective-model ensemble throughput, 1 and 2 Ray actors (JSON)")
+    p.add_argument("--ensemble-config", default=str(ROOT / "configs/effective-model-demo.yaml"))
+    p.add_argument("--ensemble-tasks", type=int, default=4, help="tasks timed per actor count (default 4)")
     args = p.parse_args(argv)
+    if args.ensemble:
+        print(json.dumps({"ensemble": bench_ensemble(Path(args.ensemble_config), args.ensemble_tasks)}, indent=2))
+        return 0
 
     from adaptsym.config import ModelSpec, load_config
     from adaptsym.data import load_dataset

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         tqdm = None
     grid = [(law, m, a) for law in laws for m in masks_all for a in actives]
-    it = tqdm(grid, desc="calibration", disable=not sys.stderr.isatty()) if tqdm else grid
+    it = tqdm(grid, desc="calibration", disable=None) if tqdm else grid
     rows = []
     for law, m, a in it:
         reps = [one_setting(law, m, a, rep, args.q) for rep in range(args.reps)]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-JOBS = ("train", "measure", "scale_sweep", "nightly", "benchmark", "calibration")
+JOBS = ("train", "measure", "scale_sweep", "nightly", "benchmark", "calibration", "regime_study", "collect_ensemble",
+        "effective_model", "signal_propagation")
 EXCLUDES = [".venv", "runs", ".git", "*.db", "mlartifacts", "__pycache__", ".pytest_cache", "data"]
 
 

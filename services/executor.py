@@ -12,7 +12,6 @@ finished before a failure or a killed driver is kept and a rerun resumes.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import deque
 from typing import Callable, Sequence
@@ -24,6 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
 from adaptsym.hessian_entries import TileError
+from adaptsym.progress import bar_off
 
 from .actors import MeasureActor
 
@@ -73,7 +73,7 @@ class RayExecutor:
         attempts = [0] * len(tasks)
         inflight: dict = {}
         idle = deque(a for _ in range(self.inflight_per_actor) for a in self.actors)
-        bar = tqdm(total=len(tasks), desc=desc or method, disable=not progress, unit="tile", leave=False)
+        bar = tqdm(total=len(tasks), desc=desc or method, disable=bar_off(progress), unit="tile", leave=False)
         done = 0
         try:
             while queue or inflight:

@@ -1,0 +1,176 @@
+"""The effective model's report, from the zarr store alone: `<run>/effective_report.html`.
+
+Per scenario, figures named after the paper's (Zou & Huang):
+  effective_<scenario>_fig3a.png  histograms of J and h, full model
+  effective_<scenario>_fig3b.png  model against data: C_ij and m_i (full model)
+  effective_<scenario>_fig3c.png  energy density E(s)/N of every configuration against its test accuracy
+  effective_<scenario>_fig3d.png  histograms of J and h per part (LB, ITR, RB)
+  effective_<scenario>_fig4.png   s(d) per part against s_ub(d) (sweep down), and d against x both ways
+and a table per part: configurations, weights, fit steps, final Delta (eq. 6) and whether it
+met the target, rank deficiency (ensemble no larger than the part), the mean of s / s_ub, the
+largest excess of s over s_ub, the largest gap between the two sweeps and the largest jump of
+d between neighbouring x, and non-converged landscape points.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .effective_model import s_upper  # noqa: E402
+from .store import RunStore  # noqa: E402
+
+PART_ORDER = ("full", "LB", "ITR", "RB")
+COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("steps", "fit steps"),
+           ("delta", "Delta"), ("converged", "Delta < target"), ("rank_deficient", "rank-deficient"),
+           ("entropy_over_bound_mean", "mean s/s_ub"), ("entropy_excess_max", "max s - s_ub"),
+           ("hysteresis_max_gap", "max |d_down - d_up|"), ("max_d_jump", "max jump of d"),
+           ("nonconverged_points", "BP not converged"), ("seconds", "seconds"))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _parts(store: RunStore, scenario: str) -> list[str]:
+    g = store.root[f"effective/{scenario}"]
+    names = [k for k, _ in g.groups()]
+    return [p for p in PART_ORDER if p in names]
+
+
+def _offdiag(a: np.ndarray) -> np.ndarray:
+    return a[np.triu_indices(a.shape[0], 1)]
+
+
+def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
+    base = f"effective/{scenario}"
+    parts = _parts(store, scenario)
+    files = []
+    J, h = store.read(f"{base}/full", "J"), store.read(f"{base}/full", "h")
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
+    ax[0].hist(_offdiag(J), bins=100, log=True)
+    ax[0].set_xlabel("J_ij")
+    ax[1].hist(h, bins=50)
+    ax[1].set_xlabel("h_i")
+    fig.suptitle(f"{scenario}: couplings and fields of the full model (Fig. 3a)")
+    files.append(_save(fig, out / f"effective_{scenario}_fig3a.png"))
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+    Cd, Cm = _offdiag(store.read(f"{base}/full", "C_data")), _offdiag(store.read(f"{base}/full", "C_model"))
+    md, mm = store.read(f"{base}/full", "m_data"), store.read(f"{base}/full", "m_model")
+    for a, (x, y, lab) in zip(ax, ((Cd, Cm, "C_ij"), (md, mm, "m_i"))):
+        a.plot(x, y, ".", ms=1, alpha=0.4)
+        lim = [min(x.min(), y.min()), max(x.max(), y.max())]
+        a.plot(lim, lim, "k-", lw=0.8)
+        a.set_xlabel(f"{lab} measured")
+        a.set_ylabel(f"{lab} model (belief propagation)")
+    fig.suptitle(f"{scenario}: reconstruction, Delta = {store.attrs(f'{base}/full')['delta']:.4f} (Fig. 3b)")
+    files.append(_save(fig, out / f"effective_{scenario}_fig3b.png"))
+
+    e, acc = store.read(f"{base}/full", "energy_density"), store.read(f"{base}/full", "test_accuracy")
+    fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
+    levels = np.unique(acc)
+    means = np.array([e[acc == a].mean() for a in levels])
+    stds = np.array([e[acc == a].std() for a in levels])
+    ax.plot(levels, means, "-", color="C0")
+    ax.fill_between(levels, means - stds, means + stds, alpha=0.25, color="C0")
+    ax.set_xlabel("test accuracy")
+    ax.set_ylabel("energy density E/N")
+    ax.set_title(f"{scenario}: energy against accuracy, mean +- sd (Fig. 3c)", fontsize=9)
+    files.append(_save(fig, out / f"effective_{scenario}_fig3c.png"))
+
+    sub = [p for p in parts if p != "full"]
+    if sub:
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
+        for p in sub:
+            ax[0].hist(_offdiag(store.read(f"{base}/{p}", "J")), bins=80, histtype="step", density=True, label=p)
+            ax[1].hist(store.read(f"{base}/{p}", "h"), bins=40, histtype="step", density=True, label=p)
+        ax[0].set_yscale("log")
+        ax[0].set_xlabel("J_ij")
+        ax[1].set_xlabel("h_i")
+        ax[0].legend()
+        fig.suptitle(f"{scenario}: parameters per part (Fig. 3d)")
+        files.append(_save(fig, out / f"effective_{scenario}_fig3d.png"))
+
+    if store.has(f"{base}/full", "entropy"):
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+        dd = np.linspace(0, 0.5, 101)
+        ax[0].plot(dd, s_upper(dd), "k--", lw=1, label="s_ub(d)")
+        for i, p in enumerate(parts):
+            g = f"{base}/{p}"
+            d, s, x = store.read(g, "d"), store.read(g, "entropy"), store.read(g, "x")
+            conv = store.read(g, "converged")
+            for r in range(d.shape[0]):
+                ok = conv[r, 0]
+                ax[0].plot(d[r, 0][ok], s[r, 0][ok], "-", color=f"C{i}", alpha=0.6, lw=1, label=p if r == 0 else None)
+                ax[1].plot(x, d[r, 0], "-", color=f"C{i}", alpha=0.6, lw=1, label=f"{p} down" if r == 0 else None)
+                ax[1].plot(x, d[r, 1], ":", color=f"C{i}", alpha=0.9, lw=1, label=f"{p} up" if r == 0 else None)
+        ax[0].set_xlabel("d (Hamming distance per weight)")
+        ax[0].set_ylabel("entropy density s(d)")
+        ax[0].legend(fontsize=7)
+        ax[1].set_xlabel("coupling field x")
+        ax[1].set_ylabel("d")
+        ax[1].legend(fontsize=6, ncol=2)
+        fig.suptitle(f"{scenario}: entropy landscape, every reference (Fig. 4); dotted: the sweep back up")
+        files.append(_save(fig, out / f"effective_{scenario}_fig4.png"))
+    return files
+
+
+def _cell(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def write_report(store: RunStore, run_dir: Path) -> Path:
+    """Figures and `effective_report.html` for every scenario with a complete analysis."""
+    run_dir = Path(run_dir)
+    if not store.has_group("effective"):
+        from .errors import UserFacingError
+
+        raise UserFacingError(f"{store.path} has no effective-model results; run `python -m jobs.effective_model`")
+    body = ["<h1>Effective model of the weight space (Zou &amp; Huang)</h1>",
+            "<p>Pairwise maximum-entropy (Ising) models of ensembles of binary-weight networks, fitted by Boltzmann "
+            "learning with belief-propagation moments; entropy density s(d) at Hamming distance d from reference "
+            "configurations, against the bound s_ub(d) = -d ln d - (1-d) ln(1-d). Definitions: docs/observables.md.</p>"]
+    for scenario, _ in sorted(store.root["effective"].groups()):
+        attrs = store.attrs(f"effective/{scenario}")
+        if not attrs.get("complete"):
+            body.append(f"<h2>{html.escape(scenario)}</h2><p>analysis unfinished: rerun jobs.effective_model</p>")
+            continue
+        ens = store.attrs(f"ensemble/{scenario}") if store.has_group(f"ensemble/{scenario}") else {}
+        body.append(f"<h2>{html.escape(scenario)}: widths {attrs.get('widths')}, {ens.get('committed', '?')} "
+                    f"configurations ({ens.get('networks_passed', '?')} of {ens.get('networks_trained', '?')} "
+                    "trained networks passed)</h2>")
+        rows = ["<tr><th>part</th>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>"]
+        notes = []
+        for p in _parts(store, scenario):
+            a = store.attrs(f"effective/{scenario}/{p}")
+            rows.append(f"<tr><td>{p}</td>" + "".join(f"<td>{_cell(a.get(k, '-'))}</td>" for k, _ in COLUMNS) + "</tr>")
+            if a.get("rank_deficient"):
+                notes.append(f"{p}: {a['configurations']} configurations for {a['n_weights']} weights: the measured "
+                             "correlation matrix is rank-deficient, and the fitted couplings are not determined by it")
+            if not a.get("converged"):
+                notes.append(f"{p}: Delta = {a['delta']:.4f} after {a['steps']} steps has not reached the target "
+                             f"{a['target']}; its landscape describes that model, not a fit of the ensemble")
+        body.append("<table border=1 cellspacing=0 cellpadding=3>" + "".join(rows) + "</table>")
+        if notes:
+            body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        for f in figures(store, scenario, run_dir):
+            b64 = base64.b64encode(f.read_bytes()).decode()
+            body.append(f"<h3>{f.stem}</h3><img src='data:image/png;base64,{b64}'/>")
+    path = run_dir / "effective_report.html"
+    path.write_text("<html><head><meta charset='utf-8'><title>effective model</title></head><body>"
+                    + "\n".join(body) + "</body></html>")
+    return path

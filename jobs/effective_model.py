@@ -1,0 +1,117 @@
+"""Fit the effective Ising models and compute their entropy landscapes, then write the report.
+
+    python -m jobs.effective_model --config configs/effective-model-demo.yaml [--out runs]
+        [--scenario NAME ...] [--no-landscape] [--no-mlflow] [--quiet]
+
+Reads the ensembles that `jobs.collect_ensemble` stored in `<out>/<name>/results.zarr`. For
+each scenario and part (`adaptsym.effective_analysis`): Boltzmann learning with belief
+propagation (the fit error Delta of every step goes to MLflow), the energy density of every
+configuration, and both sweeps of the coupling field x around low-, medium- and high-energy
+references. Everything goes to the zarr store; the report (`adaptsym.effective_report`) is
+built from the store alone: `<out>/<name>/effective_report.html` with its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from adaptsym.config import ConfigError
+from adaptsym.effective_analysis import (ENERGY_CLASSES, fit_part, group, landscape_part, parts, pick_references)
+from adaptsym.effective_model import energies
+from adaptsym.effective_report import write_report
+from adaptsym.ensemble import EffectiveConfig, load_effective_config, read_ensemble
+from adaptsym.errors import UserFacingError
+from adaptsym.runlock import run_lock
+from adaptsym.store import RunStore
+from adaptsym.tracking import Tracker
+from adaptsym.progress import bar_off
+
+
+def analyse_scenario(cfg: EffectiveConfig, store: RunStore, scenario: str, tracker=None, landscape: bool = True,
+                     progress: bool = True) -> dict:
+    configs, acc, attrs = read_ensemble(store, scenario)
+    widths = cfg.network_of(scenario).widths
+    found = {"scenario": scenario, "configurations": int(configs.shape[0]), "parts": {}}
+    refs_idx, refs = None, None
+    for part, idx in parts(widths).items():
+        t0 = time.perf_counter()
+        sub = configs[:, idx]
+        ctx = tracker.run(f"{scenario}/{part}", nested=True, params={"scenario": scenario, "part": part,
+                                                                  "n_weights": len(idx)}) if tracker else \
+            contextlib.nullcontext()
+        with ctx:
+            log = (lambda i, d: tracker.log_metrics({"delta": d}, step=i)) if tracker else None
+            res = fit_part(store, cfg, scenario, part, sub, log=log)
+            fit = res.pop("fit")
+            g = group(scenario, part)
+            if part == "full":
+                e = energies(fit.J, fit.h, sub.astype(np.float64)) / len(idx)
+                store.write(g, "energy_density", e, ("configuration",))
+                store.write(g, "test_accuracy", acc, ("configuration",))
+                refs_idx = pick_references(e, cfg.landscape.references, cfg.seed)
+                refs = [i for c in ENERGY_CLASSES for i in refs_idx[c]]
+                store.set_attrs({"references": refs_idx}, group=g)
+            summary = dict(res)
+            if landscape:
+                bar = tqdm(total=len(refs), desc=f"landscape {scenario}/{part}", unit="ref", disable=bar_off(progress))
+                summary.update(landscape_part(store, cfg, scenario, part, fit.J, fit.h,
+                                              configs[refs][:, idx].astype(np.float64), progress=bar.update))
+                bar.close()
+                store.set_attrs({"reference_configurations": refs,
+                                 "reference_classes": [c for c in ENERGY_CLASSES for _ in refs_idx[c]]}, group=g)
+            summary["seconds"] = time.perf_counter() - t0
+            store.set_attrs({"seconds": summary["seconds"]}, group=g)
+            if tracker:
+                tracker.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float, bool))})
+        found["parts"][part] = summary
+    store.set_attrs({"complete": True, "widths": widths}, group=f"effective/{scenario}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jobs.effective_model", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="effective-model config (YAML)")
+    p.add_argument("--out", default="runs", help="folder of run directories and the MLflow store (default runs)")
+    p.add_argument("--scenario", action="append", help="only this scenario (repeatable; default all)")
+    p.add_argument("--no-landscape", action="store_true", help="fit only, no entropy landscapes")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_effective_config(args.config)
+        scenarios = args.scenario or list(cfg.scenarios)
+        unknown = [s for s in scenarios if s not in cfg.scenarios]
+        if unknown:
+            raise ConfigError(f"unknown scenario(s) {unknown}; the config has {list(cfg.scenarios)}")
+        run_dir = Path(args.out) / cfg.name
+        with run_lock(run_dir, "effective_model"):
+            store = RunStore.for_run(run_dir)
+            tracker = None if args.no_mlflow else Tracker(args.out, cfg.name)
+            out = []
+            with contextlib.ExitStack() as stack:
+                if tracker:
+                    stack.enter_context(tracker.run(f"effective-{cfg.name}", params=cfg.model_dump(mode="json"),
+                                                    tags={"kind": "effective_model", "zarr": str(store.path)}))
+                for s in scenarios:
+                    out.append(analyse_scenario(cfg, store, s, tracker, not args.no_landscape, not args.quiet))
+                report = write_report(store, run_dir)
+                if tracker:
+                    for f in sorted(report.parent.glob("effective_*.png")) + [report]:
+                        tracker.log_artifact(f, "report")
+    except UserFacingError as exc:
+        print(f"jobs.effective_model: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"report": str(report), "scenarios": out}, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
