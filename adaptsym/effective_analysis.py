@@ -116,3 +116,37 @@ def landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: s
                "nonconverged_points": int((~conv).sum()), "max_residual": float(out["residual"].max())}
     store.set_attrs(summary, group=g)
     return summary
+
+
+def shared_unit(widths: list[int], idx: np.ndarray) -> np.ndarray:
+    """(len(idx), len(idx)) bool: weights idx[a] and idx[b] (a != b) touch a common unit (the
+    same input or output neuron), e.g. two weights into one hidden unit."""
+    ends = []
+    offset, unit0 = 0, 0
+    for a, b in zip(widths[:-1], widths[1:]):
+        i, j = np.divmod(np.arange(a * b), b)  # weight (i, j) of this layer: unit i below, unit j above
+        ends.append(np.stack([unit0 + i, unit0 + a + j], axis=1))
+        offset += a * b
+        unit0 += a
+    e = np.concatenate(ends)[idx]
+    inc = np.zeros((len(idx), sum(widths)), dtype=np.float32)
+    inc[np.arange(len(idx)), e[:, 0]] = 1
+    inc[np.arange(len(idx)), e[:, 1]] = 1
+    out = (inc @ inc.T) > 0
+    np.fill_diagonal(out, False)
+    return out
+
+
+def correlation_diagnostics(widths, idx, m_data, C_data, C_model) -> dict:
+    """Where the correlations are and where the fit misses them: the root mean square of the
+    connected data correlation C_ij - m_i m_j and of the fit error C_model - C_data, over pairs
+    that share a unit and over the rest."""
+    sh = shared_unit(widths, idx)
+    other = ~sh
+    np.fill_diagonal(other, False)
+    conn = C_data - np.outer(m_data, m_data)
+    err = C_model - C_data
+    rms = lambda a, mask: float(np.sqrt(np.mean(a[mask] ** 2))) if mask.any() else float("nan")  # noqa: E731
+    return {"rms_connected_shared_unit": rms(conn, sh), "rms_connected_other": rms(conn, other),
+            "rms_C_error_shared_unit": rms(err, sh), "rms_C_error_other": rms(err, other),
+            "pairs_shared_unit": int(sh.sum() // 2), "pairs_other": int(other.sum() // 2)}

@@ -9,7 +9,9 @@ Per scenario, figures named after the paper's (Zou & Huang):
 and a table per part: configurations, weights, fit steps, final Delta (eq. 6) and whether it
 met the target, rank deficiency (ensemble no larger than the part), the mean of s / s_ub, the
 largest excess of s over s_ub, the largest gap between the two sweeps and the largest jump of
-d between neighbouring x, and non-converged landscape points.
+d between neighbouring x, non-converged landscape points, and where the correlations are: the
+rms connected correlation of the data and the rms error of the fitted C, over pairs of weights
+that share a unit and over the other pairs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .effective_analysis import correlation_diagnostics, parts  # noqa: E402
 from .effective_model import s_upper  # noqa: E402
 from .store import RunStore  # noqa: E402
 
@@ -33,6 +36,10 @@ COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("ste
            ("entropy_over_bound_mean", "mean s/s_ub"), ("entropy_excess_max", "max s - s_ub"),
            ("hysteresis_max_gap", "max |d_down - d_up|"), ("max_d_jump", "max jump of d"),
            ("nonconverged_points", "BP not converged"), ("seconds", "seconds"))
+DIAG_COLUMNS = (("rms_connected_shared_unit", "data: rms C_ij - m_i m_j, pairs sharing a unit"),
+                ("rms_connected_other", "data: same, other pairs"),
+                ("rms_C_error_shared_unit", "fit: rms C error, pairs sharing a unit"),
+                ("rms_C_error_other", "fit: same, other pairs"))
 
 
 def _save(fig, path: Path) -> Path:
@@ -103,7 +110,7 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
 
     if store.has(f"{base}/full", "entropy"):
         fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-        dd = np.linspace(0, 0.5, 101)
+        dd = np.linspace(0, 1, 201)
         ax[0].plot(dd, s_upper(dd), "k--", lw=1, label="s_ub(d)")
         for i, p in enumerate(parts):
             g = f"{base}/{p}"
@@ -123,6 +130,12 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
         fig.suptitle(f"{scenario}: entropy landscape, every reference (Fig. 4); dotted: the sweep back up")
         files.append(_save(fig, out / f"effective_{scenario}_fig4.png"))
     return files
+
+
+def diagnostics(store: RunStore, group: str, widths: list[int], idx: np.ndarray) -> dict:
+    """`effective_analysis.correlation_diagnostics` of one part, from its stored moments."""
+    return correlation_diagnostics(widths, idx, store.read(group, "m_data"), store.read(group, "C_data"),
+                                   store.read(group, "C_model"))
 
 
 def _cell(v) -> str:
@@ -153,11 +166,15 @@ def write_report(store: RunStore, run_dir: Path) -> Path:
         body.append(f"<h2>{html.escape(scenario)}: widths {attrs.get('widths')}, {ens.get('committed', '?')} "
                     f"configurations ({ens.get('networks_passed', '?')} of {ens.get('networks_trained', '?')} "
                     "trained networks passed)</h2>")
-        rows = ["<tr><th>part</th>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>"]
+        cols = COLUMNS + DIAG_COLUMNS
+        rows = ["<tr><th>part</th>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in cols) + "</tr>"]
         notes = []
+        index = parts(list(attrs["widths"]))
         for p in _parts(store, scenario):
-            a = store.attrs(f"effective/{scenario}/{p}")
-            rows.append(f"<tr><td>{p}</td>" + "".join(f"<td>{_cell(a.get(k, '-'))}</td>" for k, _ in COLUMNS) + "</tr>")
+            g = f"effective/{scenario}/{p}"
+            a = store.attrs(g)
+            a.update(diagnostics(store, g, list(attrs["widths"]), index[p]))
+            rows.append(f"<tr><td>{p}</td>" + "".join(f"<td>{_cell(a.get(k, '-'))}</td>" for k, _ in cols) + "</tr>")
             if a.get("rank_deficient"):
                 notes.append(f"{p}: {a['configurations']} configurations for {a['n_weights']} weights: the measured "
                              "correlation matrix is rank-deficient, and the fitted couplings are not determined by it")

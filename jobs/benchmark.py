@@ -34,6 +34,7 @@ over repeats after a warm-up. Absolute times are printed too but mean little on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -189,10 +190,10 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
 
 def bench_ensemble(config: Path, tasks: int) -> dict:
     """Ensemble-collection throughput with 1 and 2 actors, the same `tasks` tasks each."""
-    import ray
+    from services.cluster import connect, shutdown  # first: it sets RAY_AUTH_MODE=token before Ray loads
 
+    import ray
     from adaptsym.ensemble import load_effective_config, scenario_data
-    from services.cluster import connect, shutdown
     from services.ensemble import RayTaskRunner
 
     cfg = load_effective_config(config)
@@ -204,7 +205,9 @@ def bench_ensemble(config: Path, tasks: int) -> dict:
     try:
         for actors in (1, 2):
             runner = RayTaskRunner(actors, in_flight=2)
-            ray.get([a.busy_seconds.remote() for a in runner.actors])  # actors up before the clock starts
+            warm = [ray.put(data)]  # every actor trains a tiny task first: started and warmed before the clock
+            ray.get([a.train.remote("warm", warm, dataclasses.replace(spec, epochs=1), cfg.seed, 0, 4, threshold)
+                     for a in runner.actors])
             t0 = time.perf_counter()
             gen = runner.results(f"bench{actors}", data, spec, cfg.seed, batch, threshold, 0)
             passed = sum(int(next(gen).passed.sum()) for _ in range(tasks))

@@ -70,7 +70,8 @@ def analyse_scenario(cfg: EffectiveConfig, store: RunStore, scenario: str, track
             summary["seconds"] = time.perf_counter() - t0
             store.set_attrs({"seconds": summary["seconds"]}, group=g)
             if tracker:
-                tracker.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float, bool))})
+                tracker.log_metrics({k: float(v) for k, v in summary.items()  # delta: its history is logged above
+                                     if isinstance(v, (int, float, bool)) and k != "delta"})
         found["parts"][part] = summary
     store.set_attrs({"complete": True, "widths": widths}, group=f"effective/{scenario}")
     return found

@@ -42,10 +42,10 @@ def figure(results: dict, path: Path) -> None:
             if ni == 0:
                 axes[0].semilogy(layers, r["q"][si], "o", color=f"C{si}", label=f"sigma_w = {sw:g}")
                 axes[0].semilogy(layers, r["q_theory"][si], "-", color=f"C{si}", lw=0.8)
-        ok = np.isfinite(r["q_ratio"])
+        ok = np.isfinite(r["q_ratio"]) & r["wide"][None, :]
         axes[1].errorbar(np.tile(r["sigmas"][:, None], (1, ok.shape[1]))[ok] + 0.01 * ni,
                          r["q_ratio"][ok], yerr=r["q_ratio_se"][ok], fmt="o", ms=3, label=name)
-        chi = np.nanmean(r["chi1"], axis=1)
+        chi = np.nanmean(r["chi1"][:, r["wide"]], axis=1)
         axes[2].plot(r["sigmas"], chi, "o", label=f"{name} (mean over layers)")
     s = np.linspace(0.8, 2.2, 50)
     axes[2].plot(s, s ** 2 / 2, "k-", lw=0.8, label="sigma_w^2 / 2")
@@ -55,7 +55,7 @@ def figure(results: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     axes[1].axhline(1, color="k", lw=0.8)
     axes[1].set_xlabel("sigma_w")
-    axes[1].set_ylabel("q measured / q-map (every layer with a closed form)")
+    axes[1].set_ylabel("q measured / q-map (layers with a closed form, output unit left out)")
     axes[1].legend(fontsize=7)
     axes[2].set_xlabel("sigma_w")
     axes[2].set_ylabel("chi_1 (conv layers: times the padding factor)")
@@ -90,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             store.write(name, key, np.nan_to_num(r[key], nan=-1.0), ("sigma", "layer"))
         store.set_attrs({"kinds": r["kinds"], "after": r["after"], "missing_value": -1.0,
                          "spec": spec.model_dump(mode="json"), "input_shape": list(shape)}, group=name)
-        summary[name] = {"max_abs_q_ratio_minus_1": float(np.nanmax(np.abs(r["q_ratio"] - 1))),
-                         "max_abs_chi1_ratio_minus_1": float(np.nanmax(np.abs(r["chi1_ratio"] - 1))),
-                         "chi1_by_sigma": dict(zip(map(str, args.sigmas), np.nanmean(r["chi1"], 1).tolist()))}
+        wide = np.array([s[0] > 1 for s in shapes])  # the single output unit has no mean over units
+        r["wide"] = wide
+        summary[name] = {"layers": len(shapes), "layers_compared": int(wide.sum()),
+                         "max_abs_q_ratio_minus_1": float(np.nanmax(np.abs(r["q_ratio"][:, wide] - 1))),
+                         "max_abs_chi1_ratio_minus_1": float(np.nanmax(np.abs(r["chi1_ratio"][:, wide] - 1))),
+                         "max_q_ratio_se": float(np.nanmax(r["q_ratio_se"][:, wide])),
+                         "chi1_by_sigma": dict(zip(map(str, args.sigmas), np.nanmean(r["chi1"][:, wide], 1).tolist()))}
     figure(results, out / "signal_propagation.png")
     (out / "signal_propagation.json").write_text(json.dumps(summary, indent=1))
     if not args.no_mlflow:

@@ -14,3 +14,18 @@ def test_benchmark_prints_all_ratios(capsys):
                 "bootstrap_reweight_speedup", "slq_seconds_per_lanczos_step_over_hvp"):
         assert r[key] > 0
     assert 0 < out["measure_peak_rss_mb"] < 4096
+
+
+def test_ensemble_benchmark_reports_both_actor_counts():
+    """The same tasks with 1 and 2 Ray actors give the same configurations (timings not asserted)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "jobs.benchmark", "--ensemble", "--ensemble-tasks", "2",
+                        "--ensemble-config", "tests/configs/effective-tiny.yaml"], cwd=root, capture_output=True,
+                       text=True, timeout=300, check=True)
+    out = json.loads(p.stdout)["ensemble"]
+    assert out["actors_1"]["configurations"] == out["actors_2"]["configurations"] > 0
+    assert out["ensemble_two_actor_speedup"] > 0 and out["networks_per_task"] == 16

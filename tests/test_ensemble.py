@@ -59,7 +59,7 @@ def test_local_reparametrisation_matches_sampled_binary_weights():
     g = torch.Generator().manual_seed(0)
     theta = torch.randn(1, 7, 3, generator=g, dtype=torch.float64)
     a = torch.randn(1, 1, 7, generator=g, dtype=torch.float64)
-    w = torch.where(torch.rand(200_000, 7, 3, generator=g, dtype=torch.float64) < torch.sigmoid(theta), 1.0, -1.0)
+    w = torch.where(torch.rand(200_000, 7, 3, generator=g, dtype=torch.float64) < torch.sigmoid(theta), 1.0, -1.0).double()
     z = torch.einsum("i,kij->kj", a[0, 0], w)
     mean = mean_field_logits([theta], a, [torch.zeros(1, 1, 3, dtype=torch.float64)])[0, 0]
     sd = mean_field_logits([theta], a, [torch.ones(1, 1, 3, dtype=torch.float64)])[0, 0] - mean
@@ -224,3 +224,23 @@ def test_effective_model_job_end_to_end(reference, tmp_path):
     assert fit_runs
     hist = mlflow.MlflowClient().get_metric_history(fit_runs[0].info.run_id, "delta")
     assert len(hist) == store.attrs("effective/under/full")["steps"] + 1
+
+
+def test_shared_unit_pairs_by_hand():
+    """Widths 2-3-2: weight 0 = (input 0 -> hidden 0) shares input 0 with weights 1, 2, hidden 0
+    with weight 3 and with the outgoing weights 6, 7 of hidden 0; nothing else."""
+    from adaptsym.effective_analysis import correlation_diagnostics, shared_unit
+
+    sh = shared_unit([2, 3, 2], np.arange(12))
+    assert np.flatnonzero(sh[0]).tolist() == [1, 2, 3, 6, 7]
+    assert np.flatnonzero(sh[6]).tolist() == [0, 3, 7, 8, 10]
+    assert np.array_equal(sh, sh.T) and not sh.diagonal().any()
+    sub = shared_unit([2, 3, 2], np.arange(6, 12))  # a part: the last layer alone
+    assert np.array_equal(sub, sh[6:, 6:])
+    m = np.zeros(12)
+    C = np.eye(12)
+    C[0, 1] = C[1, 0] = 0.3
+    d = correlation_diagnostics([2, 3, 2], np.arange(12), m, C, np.eye(12))
+    n_sh = int(sh.sum() // 2)
+    assert d["pairs_shared_unit"] == n_sh and d["pairs_other"] == 66 - n_sh
+    assert abs(d["rms_connected_shared_unit"] - 0.3 * np.sqrt(1 / n_sh)) < 1e-12 and d["rms_connected_other"] == 0

@@ -57,3 +57,18 @@ def test_measured_q_is_the_mean_square_preactivation():
     exact = float(((w[1] * (z1 > 0)) ** 2).sum(1).mean())
     res = measure(plan, w, x, 1.3, probes=4000, generator=g)
     assert res[1].chi1 == pytest.approx(exact, rel=0.1)
+
+
+def test_job_writes_zarr_figure_and_json(tmp_path):
+    import json
+
+    from jobs.signal_propagation import main
+    from adaptsym.store import RunStore
+
+    assert main(["--out", str(tmp_path), "--networks", "mlp-512x6", "--sigmas", "1.0", "2.0", "--draws", "2",
+                 "--examples", "8", "--no-mlflow"]) == 0
+    out = tmp_path / "signal-propagation"
+    s = json.loads((out / "signal_propagation.json").read_text())["mlp-512x6"]
+    assert s["layers_compared"] == 6 and abs(s["chi1_by_sigma"]["2.0"] - 2.0) < 0.1
+    assert (out / "signal_propagation.png").stat().st_size > 10_000
+    assert RunStore(out / "results.zarr", mode="r").read("mlp-512x6", "q").shape == (2, 7)
