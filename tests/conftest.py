@@ -36,3 +36,12 @@ def small(request):
     name, model, shape = small_models()[request.param]
     x, y = pool_for(shape)
     return model, x, y
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leak():
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ; a test that calls it
+    would send every later test's runs to its store. Each test starts without it."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

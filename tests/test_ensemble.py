@@ -216,13 +216,14 @@ def test_effective_model_job_end_to_end(reference, tmp_path):
     assert store.attrs("effective/shallow/full")["rank_deficient"]  # 48 configurations, 60 weights
     html = (out / "effective-tiny" / "effective_report.html").read_text()
     assert "rank-deficient" in html and "effective_under_fig4" in html and "effective_shallow_fig3c" in html
-    import mlflow
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["effective-tiny"], output_format="list")
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")  # not the global URI: no leak into other tests
+    exp = client.get_experiment_by_name("effective-tiny")
+    runs = client.search_runs([exp.experiment_id])
     fit_runs = [x for x in runs if x.data.params.get("part") == "full" and x.data.params.get("scenario") == "under"]
     assert fit_runs
-    hist = mlflow.MlflowClient().get_metric_history(fit_runs[0].info.run_id, "delta")
+    hist = client.get_metric_history(fit_runs[0].info.run_id, "delta")
     assert len(hist) == store.attrs("effective/under/full")["steps"] + 1
 
 
