@@ -35,6 +35,7 @@ from .fdr import StreamingBH
 from .indexing import ParamIndex
 from .nonzero import product_t
 from .store import checked
+from .util import ceil_div, torch_dtype
 
 # seeds of the independent random streams of one checkpoint's measurement
 STREAM_COUNTS, STREAM_RESAMPLE, STREAM_SUB, STREAM_TUPLES, STREAM_COUPLING, STREAM_MARDIA = range(1, 7)
@@ -81,8 +82,8 @@ class EntryWork:
         return min(self.design.entry_chunk(self.mcfg["column_chunk"]), self.design.n_entries)
 
     def tiles(self) -> list[tuple[int, int]]:
-        ne = -(-self.n // self.example_chunk)
-        na = -(-self.design.n_entries // self.entry_chunk)
+        ne = ceil_div(self.n, self.example_chunk)
+        na = ceil_div(self.design.n_entries, self.entry_chunk)
         return [(ei, ai) for ei in range(ne) for ai in range(na)]
 
     def entry_range(self, ai: int) -> tuple[int, int]:
@@ -93,7 +94,7 @@ class EntryBlocks:
     def __init__(self, work: EntryWork, device: str | torch.device | None = None, max_cached_blocks: int = 8):
         self.work = work
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = torch.float64 if work.mcfg["dtype"] == "float64" else torch.float32
+        self.dtype = torch_dtype(work.mcfg["dtype"])
         self.group = zarr.open_group(work.store_path, mode="a", zarr_format=3)[work.group]
         self._model = None
         self._counts = None

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .entry_blocks import EntryBlocks, EntryWork
 from .progress import bar_off
+from .protocols import CurvatureOperator
 
 
 class LocalExecutor:
@@ -27,7 +28,8 @@ class LocalExecutor:
         for task in tqdm(tasks, desc=desc or method, disable=bar_off(progress), unit="tile", leave=False):
             on_result(task, getattr(blocks, method)(*task))
 
-    def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int, graph_budget_mb: float | None = None):
+    def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int,
+                     graph_budget_mb: float | None = None) -> CurvatureOperator:
         from .hvp import PoolHessian
 
         budget = None if graph_budget_mb is None else graph_budget_mb * 2**20

@@ -11,13 +11,13 @@ import numpy as np
 
 from .entry_stats import moments
 from .histograms import counts, symlog_edges
-from .hvp import PoolHessian
 from .observation import Observation
+from .protocols import CurvatureOperator
 
 GRAD_EDGES = symlog_edges(-12, 2, 128)
 
 
-def measure_gradients(op: PoolHessian, lr: float) -> Observation:
+def measure_gradients(op: CurvatureOperator, lr: float) -> Observation:
     obs = Observation("gradients")
     grads = [g.detach().cpu().double().numpy().ravel() for g in op.gradient()]
     obs.add("hist", np.stack([counts(g, GRAD_EDGES) for g in grads]), ["layer", "gbin_ext"])

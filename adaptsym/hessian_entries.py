@@ -28,12 +28,14 @@ from .coupling import coupling_summary
 from .entry_blocks import (PER_ENTRY, PER_ENTRY_CI, PER_ENTRY_INT, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
                            EntryBlocks, EntryWork, stream)
 from .entry_stats import Z_BATCHES, fraction_interval, fraction_std, summarise_deviations, z_fraction
-from .errors import UserFacingError
+from .errors import TileError, UserFacingError
 from .fdr import StreamingBH
 from .mardia import mardia
 from .nonzero import Detectability, detectability
 from .observation import Observation
 from .store import chunk_faults
+from .util import ceil_div
+from .protocols import Executor
 
 MIN_VALID = 8  # entries that vary over the pool, below which statistics are skipped
 NAME = "hessian_entries"
@@ -43,8 +45,6 @@ class NonFiniteEntryError(UserFacingError, FloatingPointError):
     """A Hessian entry came out NaN or infinite; the message names it."""
 
 
-class TileError(UserFacingError, RuntimeError):
-    """A tile failed repeatedly; the message names it and the last error."""
 
 
 def prepare(store, work: EntryWork) -> None:
@@ -52,7 +52,7 @@ def prepare(store, work: EntryWork) -> None:
     d, g = work.design, work.group
     n, K, ec, ea = work.n, d.n_entries, work.example_chunk, work.entry_chunk
     store.create(g, "h", (n, K), ["example", "entry"], chunks=(ec, ea))
-    ne, na = -(-n // ec), -(-K // ea)
+    ne, na = ceil_div(n, ec), ceil_div(K, ea)
     store.create(g, "tile_done", (ne, na), ["example_chunk", "entry_chunk"], chunks=(ne, na), dtype="uint8",
                  fill_value=0)
     for name in PER_ENTRY + PER_ENTRY_CI:  # NaN fill: a chunk lost on disk never reads as plausible values
@@ -65,7 +65,7 @@ def prepare(store, work: EntryWork) -> None:
         store.write(g, name, arr, ["entry"])
 
 
-def compute_h(store, work: EntryWork, executor, progress: bool = False, log=print) -> tuple[int, int]:
+def compute_h(store, work: EntryWork, executor: Executor, progress: bool = False, log=print) -> tuple[int, int]:
     """Run the missing h tiles; returns (tiles computed now, tiles in all).
 
     A tile marked done whose chunk is missing or fails its checksum is recomputed, and said so."""
@@ -96,13 +96,13 @@ def compute_h(store, work: EntryWork, executor, progress: bool = False, log=prin
     return len(pending), len(work.tiles())
 
 
-def analyse(store, work: EntryWork, executor, n_params: int, progress: bool = False) -> Observation:
+def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress: bool = False) -> Observation:
     """All statistics of SPEC section 4 from the stored h, block by block on the executor."""
     mc, d = work.mcfg, work.design
     n, K, s = work.n, d.n_entries, work.s
     obs = Observation(NAME)
     sc = obs.scalars
-    na = -(-K // work.entry_chunk)
+    na = ceil_div(K, work.entry_chunk)
 
     blocks: dict = {}
     executor.run(work, "entry_block", [(ai,) for ai in range(na)], lambda t, r: blocks.__setitem__(t[0], r),
@@ -233,7 +233,7 @@ def _detectability(mc: dict, n_active: int, m_tests: int, found: int, threshold:
     return detectability(n_active, m_tests, mc["fdr_q"], mc["pvalue"], mc["fdr"], found, threshold, order)
 
 
-def correlations(work: EntryWork, executor, vidx: np.ndarray, sc: dict, progress: bool) -> np.ndarray:
+def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict, progress: bool) -> np.ndarray:
     """Per-entry counts of non-zero correlations among the valid entries (tile by tile)."""
     mc = work.mcfg
     bs = mc["corr_block"]
@@ -283,7 +283,7 @@ def correlations(work: EntryWork, executor, vidx: np.ndarray, sc: dict, progress
     return counts
 
 
-def measure_hessian_entries(store, work: EntryWork, executor, n_params: int, progress: bool = False) -> Observation:
+def measure_hessian_entries(store, work: EntryWork, executor: Executor, n_params: int, progress: bool = False) -> Observation:
     prepare(store, work)
     computed, total = compute_h(store, work, executor, progress)
     if not np.asarray(store.root[work.group]["tile_done"][...]).all():

@@ -43,6 +43,8 @@ from .observation import Observation
 from .progress import bar_off
 from .runlock import run_lock
 from .store import RunStore, checkpoint_group
+from .util import torch_dtype
+from .protocols import Executor
 
 
 @dataclass
@@ -127,7 +129,7 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
     return out
 
 
-def peak_rss_mb(executor) -> dict:
+def peak_rss_mb(executor: Executor) -> dict:
     """Peak resident memory so far of this process and of each of the executor's workers (MB)."""
     out = {"peak_rss_mb.driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for i, info in enumerate(executor.info() if hasattr(executor, "info") else []):
@@ -156,7 +158,8 @@ def missing_scheduled(run_dir: Path, cfg: RunConfig) -> list[int]:
 
 
 def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None, epochs: list[int] | None = None,
-                progress: bool = True, executor=None, overwrite: bool = False, log=print) -> MeasureResult:
+                progress: bool = True, executor: Executor | None = None, overwrite: bool = False,
+                log=print) -> MeasureResult:
     """Measure the run's checkpoints; `executor` runs the Hessian-entry blocks (default: in process).
 
     Finished results measured with another measure config or from a checkpoint file that changed
@@ -167,7 +170,7 @@ def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None,
         return _measure_run(run_dir, cfg, tracker, epochs, progress, executor, overwrite, log)
 
 
-def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwrite, log) -> MeasureResult:
+def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Executor, overwrite, log) -> MeasureResult:
     store = RunStore.for_run(run_dir)
     root = store.attrs()
     if "config" not in root:
@@ -182,7 +185,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor, overwr
                               f"available: {have}")
     device = resolve_device(cfg.device)
     executor = executor or LocalExecutor(device)
-    dtype = torch.float64 if mcfg.dtype == "float64" else torch.float32
+    dtype = torch_dtype(mcfg.dtype)
     data = load_dataset(cfg.data, cfg.seed).to(device, dtype)
     x, y = select_pool(data.x_train, data.y_train, mcfg.pool_size, cfg.seed)
     s = mcfg.minibatch or cfg.train.batch_size

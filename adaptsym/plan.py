@@ -39,6 +39,7 @@ import torch
 
 from .config import RunConfig
 from .errors import UserFacingError
+from .util import torch_dtype
 
 STARTUP_S = 8.0  # interpreter, imports, store and tracker set-up (measured on the demo: 5-10 s)
 RAY_STARTUP_S = 12.0  # a local Ray head and K actors (measured: 10-15 s)
@@ -152,7 +153,7 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     t_start = time.perf_counter()
     old_threads = torch.get_num_threads()
     mc = cfg.measure
-    dtype = torch.float64 if mc.dtype == "float64" else torch.float32
+    dtype = torch_dtype(mc.dtype)
     t0 = time.perf_counter()
     note, sizes = "", None
     try:
@@ -364,7 +365,7 @@ def run_active_fractions(run_dir, cfg: RunConfig, device: torch.device) -> list[
 
     run_dir = Path(run_dir)
     mc = cfg.measure
-    dtype = torch.float64 if mc.dtype == "float64" else torch.float32
+    dtype = torch_dtype(mc.dtype)
     data = load_dataset(cfg.data, cfg.seed)
     x, y = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), mc.pool_size, cfg.seed)
     epochs = mc.checkpoints if mc.checkpoints is not None else available_epochs(run_dir)

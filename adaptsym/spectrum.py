@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .progress import bar_off
+from .protocols import CurvatureOperator
 
 
 BLOCK_BYTES = 32 * 2**20  # basis rows are projected out in blocks of about this size
@@ -253,7 +254,7 @@ def default_sigma(nodes: np.ndarray, weights: np.ndarray, rel: float) -> float:
     return float(rel * span) if span > 0 else 1e-12
 
 
-def measure_spectrum(op, starts: int, steps: int, grid: int, sigma_rel: float, seed: int, epoch: int,
+def measure_spectrum(op: CurvatureOperator, starts: int, steps: int, grid: int, sigma_rel: float, seed: int, epoch: int,
                      progress: bool = False, basis_dtype: str = "float32", basis_budget_mb: float | None = None,
                      spill_dir: str | None = None):
     """Observation 'spectrum' of the pool Hessian `op` (anything with .matvec and .n_params)."""

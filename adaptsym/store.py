@@ -28,6 +28,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .errors import UserFacingError
+from .util import ceil_div
 
 STORE_NAME = "results.zarr"
 
@@ -56,12 +57,12 @@ def default_fill(dtype) -> object:
 
 
 def _chunk_range(sel, size: int, chunk: int) -> np.ndarray:
-    n = -(-size // chunk)
+    n = ceil_div(size, chunk)
     if sel is Ellipsis or (isinstance(sel, slice) and sel == slice(None)):
         return np.arange(n)
     if isinstance(sel, slice):
         start, stop, _ = sel.indices(size)
-        return np.arange(start // chunk, -(-stop // chunk)) if stop > start else np.arange(0)
+        return np.arange(start // chunk, ceil_div(stop, chunk)) if stop > start else np.arange(0)
     return np.unique(np.asarray(sel, dtype=np.int64).ravel() // chunk)
 
 

@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptsym.data import load_dataset
     from adaptsym.models import BiasFreeNet
     from adaptsym.provenance import resolve_device
+    from adaptsym.util import torch_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(cfg.device)
     mcfg = cfg.measure
     data = load_dataset(cfg.data, cfg.seed)
-    x = data.x_train[: args.n].to(device, torch.float64 if mcfg.dtype == "float64" else torch.float32)
+    x = data.x_train[: args.n].to(device, torch_dtype(mcfg.dtype))
     y = data.y_train[: args.n].to(x)
     out = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "B": args.replicates, "s": args.s, "models": {}}

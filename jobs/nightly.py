@@ -107,17 +107,16 @@ def gather(run_dir: Path, history: dict, m) -> dict:
 
 def identity_checks(run_dir: Path, cfg, epoch: int) -> list:
     """`adaptsym.identities` on one checkpoint of the run and its stored measurement."""
-    import torch
-
     from adaptsym import identities as ids
     from adaptsym.checkpoint import load_checkpoint, model_from_checkpoint
     from adaptsym.data import load_dataset
     from adaptsym.hvp import PoolHessian
     from adaptsym.measure import select_pool
     from adaptsym.store import RunStore
+    from adaptsym.util import torch_dtype
 
     mc = cfg.measure
-    dtype = torch.float64 if mc.dtype == "float64" else torch.float32
+    dtype = torch_dtype(mc.dtype)
     model = model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"), dtype=dtype)
     data = load_dataset(cfg.data, cfg.seed).to("cpu", dtype)
     x, y = select_pool(data.x_train, data.y_train, mc.pool_size, cfg.seed)

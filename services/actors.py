@@ -12,11 +12,10 @@ import numpy as np
 import ray
 import torch
 
+from adaptsym.provenance import resolve_device
+from adaptsym.util import torch_dtype
+
 MAX_RESTARTS = 4
-
-
-def _device(use_gpu: bool) -> torch.device:
-    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
 @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=-1)
@@ -27,7 +26,7 @@ class MeasureActor:
 
     def __init__(self, threads: int, use_gpu: bool):
         torch.set_num_threads(threads)
-        self.device = _device(use_gpu)
+        self.device = resolve_device("auto" if use_gpu else "cpu")
         self.key, self.blocks = None, None
         self.shard_key, self.op = None, None
 
@@ -70,7 +69,7 @@ class MeasureActor:
             from adaptsym.hvp import PoolHessian
 
             p = ray.get(payload_ref[0])
-            dtype = torch.float64 if p["dtype"] == "float64" else torch.float32
+            dtype = torch_dtype(p["dtype"])
             model = model_from_checkpoint(p, dtype=dtype, device=self.device)
             x, y = p["x"].to(self.device, dtype), p["y"].to(self.device, dtype)
             self.op = None  # the last checkpoint's graphs go before the next ones are built

@@ -22,7 +22,7 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
-from adaptsym.hessian_entries import TileError
+from adaptsym.errors import TileError
 from adaptsym.progress import bar_off
 
 from .actors import MeasureActor

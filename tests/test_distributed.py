@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adaptsym.hessian_entries import TileError
+from adaptsym.errors import TileError
 from adaptsym.measure import measure_run
 from adaptsym.store import RunStore
 from adaptsym.train import train
@@ -82,10 +82,35 @@ def test_distributed_equals_single_process(ray_cluster, reference, tmp_path):
     cfg, ref_dir, ref = reference
     run_dir = fresh_copy(ref_dir, tmp_path)
     with ray_executor() as ex:
+        from adaptsym.protocols import Executor
+
+        assert isinstance(ex, Executor)
         info = ex.info()
         assert len(info) == 2 and all(i["device"] == "cpu" and i["threads"] == 1 for i in info)
         res = measure_run(run_dir, cfg=cfg, progress=False, executor=ex)
     assert_same(ref_dir, ref.scalars, run_dir, res.scalars)
+
+
+def test_sharded_operator_is_a_curvature_operator_equal_to_the_local_one(ray_cluster, reference):
+    """The Ray executor's operator satisfies `CurvatureOperator` and multiplies like `PoolHessian`."""
+    import torch
+
+    from adaptsym.checkpoint import load_checkpoint, model_from_checkpoint
+    from adaptsym.executor import LocalExecutor
+    from adaptsym.protocols import CurvatureOperator
+
+    cfg, ref_dir, _ = reference
+    ckpt = load_checkpoint(ref_dir / "checkpoints" / "epoch_0000.pt")
+    model = model_from_checkpoint(ckpt, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, *ckpt["input_shape"], generator=g, dtype=torch.float64)
+    y = torch.where(torch.rand(12, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+    v = torch.randn(model.n_params, generator=g, dtype=torch.float64)
+    local = LocalExecutor().pool_hessian(model, ckpt, x, y, "float64", 4)
+    with ray_executor() as ex:
+        op = ex.pool_hessian(model, ckpt, x, y, "float64", 4)
+        assert isinstance(op, CurvatureOperator) and op.n_params == local.n_params
+        torch.testing.assert_close(op.matvec(v), local.matvec(v), rtol=1e-10, atol=1e-12)
 
 
 def test_killed_actor_changes_nothing(ray_cluster, reference, tmp_path):

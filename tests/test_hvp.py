@@ -108,3 +108,16 @@ def test_inactive_examples_are_dropped_exactly_and_an_empty_pool_is_flat(small):
         torch.testing.assert_close(a * len(x), b * len(keep))
     empty = PoolHessian(model.plan, model.params(), x[:0], y[:0])
     assert empty.n_active == 0 and all(float(g.abs().max()) == 0 for g in empty.gradient())
+
+
+def test_local_seams_satisfy_the_protocols(small):
+    """`PoolHessian` is a `CurvatureOperator` and `LocalExecutor` an `Executor` (the Ray pair is
+    checked in tests/test_distributed.py)."""
+    from adaptsym.executor import LocalExecutor
+    from adaptsym.hvp import PoolHessian
+    from adaptsym.protocols import CurvatureOperator, Executor
+
+    model, x, y = small
+    op = PoolHessian(model.plan, model.params(), x, y)
+    assert isinstance(op, CurvatureOperator) and isinstance(LocalExecutor(), Executor)
+    assert not isinstance(object(), CurvatureOperator)
