@@ -153,12 +153,15 @@ def _train(cfg: RunConfig, model_name: str, run_dir: Path, tracker, progress: bo
                                   history, mlflow_run_id)
 
     saved: list[Path] = sorted(ckpt_dir.glob("epoch_*.pt"))
-    ctx = tracker.run(f"train-{cfg.name}-{model_name}", params=cfg_dict,
+    own = {**cfg_dict, "models": {model_name: cfg_dict["models"][model_name]}}  # only this run's model
+    ctx = tracker.run(f"train-{cfg.name}-{model_name}", params=own,
                       tags={"kind": "train", "model": model_name, "zarr_path": store.path.resolve()},
                       run_id=mlflow_run_id) if tracker else contextlib.nullcontext()
     with ctx as mlrun:
         if mlrun is not None:
             mlflow_run_id = mlrun.info.run_id
+            if start_epoch == 0:
+                tracker.log_dataset(data.x_train, data.y_train, name=f"{cfg.data.name}-train", context="training")
         bar = tqdm(range(start_epoch, tcfg.epochs + 1), desc=f"train {model_name}", disable=bar_off(progress),
                    initial=start_epoch, total=tcfg.epochs + 1, unit="epoch")
         for epoch in bar:
@@ -170,9 +173,30 @@ def _train(cfg: RunConfig, model_name: str, run_dir: Path, tracker, progress: bo
             save_checkpoint(ckpt_dir / LAST, payload(epoch))
             write_history(store, history)
         bar.close()
+        if tracker is not None:
+            tracker.log_figure(training_figure(history, f"{cfg.name}-{model_name}"), "training_curves.png")
     store.set_attrs({"train_mlflow_run_id": mlflow_run_id})
     saved += recreate_missing(cfg, model_name, data, ckpt_dir, progress)
     return TrainResult(run_dir, sorted(set(saved)), history, mlflow_run_id)
+
+
+def training_figure(history: dict, title: str):
+    """Loss and accuracy (train and test) against epoch, the figure each training run logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    for key, axis in (("loss", ax[0]), ("acc", ax[1])):
+        for split in ("train", "test"):
+            if f"{split}_{key}" in history:
+                axis.plot(history["epoch"], history[f"{split}_{key}"], "o-", ms=3, label=split)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("hinge loss" if key == "loss" else "accuracy")
+        axis.legend()
+    fig.suptitle(title)
+    return fig
 
 
 def sgd_epoch(model: BiasFreeNet, opt, data: Dataset, batch_size: int, seed: int, epoch: int) -> None:

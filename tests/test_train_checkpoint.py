@@ -98,3 +98,26 @@ def test_history_in_zarr_and_mlflow(tmp_path):
     hist = mlflow.MlflowClient().get_metric_history(res.mlflow_run_id, "train_loss")
     assert sorted(m.step for m in hist) == [0, 1, 2, 3]
     assert runs[0].data.params["train.lr"] == "0.05"
+
+
+def test_mlflow_shows_runs_dataset_figure_and_own_model_only(tmp_path):
+    """The experiment is tagged as model training (MLflow 3's UI then opens on the runs), the
+    training run carries its data set as an input, its loss/accuracy figure, and only its own
+    model's config among its params."""
+    from mlflow import MlflowClient
+
+    cfg = tiny_config()
+    cfg = cfg.model_copy(update={"models": {**cfg.models, "other": cfg.models["mlp"].model_copy(
+        update={"hidden": [3]})}})
+    tracker = Tracker(tmp_path, cfg.name)
+    res = train(cfg, "mlp", tmp_path, tracker=tracker, progress=False)
+    client = MlflowClient(tracking_uri=tracker.uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.get_run(res.mlflow_run_id)
+    assert any(k.startswith("models.mlp.") for k in run.data.params)
+    assert not any(k.startswith("models.other.") for k in run.data.params)
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name == f"{cfg.data.name}-train"
+    assert [t.value for t in inputs[0].tags if t.key == "mlflow.data.context"] == ["training"]
+    assert "training_curves.png" in [a.path for a in client.list_artifacts(res.mlflow_run_id)]
