@@ -304,11 +304,49 @@ class Report:
     verdicts: dict[int, list] = field(default_factory=dict)  # epoch -> [verdict.Verdict]
 
 
+# The scalars the report's table shows, by the last part of their name: meaning, unit, the paper's value.
+GLOSSARY = {
+    "z_fraction": ("fraction of sampled Hessian entries with |mean / std| < 0.15, the mean and std of the "
+                   "minibatch entry at batch size s (Fig. 7b)", "fraction of entries", "at least 0.95, about 0.98"),
+    "relative": ("coupling set size: the fraction of the other sampled entries an entry is significantly "
+                 "correlated with (corr), or of the tuples it is in with a non-zero co-moment (coskew, cokurt) "
+                 "(Fig. 7c)", "fraction", "3.39e-4 (correlations, end of training)"),
+    "exponent": ("log(coupling set size x N^2) / log N: the coupling set size as a power of the number of weights N",
+                 "dimensionless", ""),
+    "min_detectable_rho": ("the smallest |correlation| the non-zero test can detect with the pool's active "
+                           "examples", "correlation", ""),
+    "n_valid": ("sampled entries that vary over the pool (the others are constant, mostly 0)", "entries", ""),
+    "n_active_examples": ("pool examples with hinge margin < 1, the only ones with a non-zero Hessian", "examples", ""),
+    "symmetry_score": ("0.5 x integral |rho(l) - rho(-l)| of the spectral density: 0 symmetric, 1 one-sided (Fig. 8a)",
+                       "dimensionless", ""),
+    "trace_estimate": ("Hutchinson estimate of tr H (exactly 0 for these bias-free ReLU networks)", "loss units", "0"),
+    "lambda_max": ("largest Ritz value of the pool Hessian", "loss units", ""),
+    "grad_norm2": ("squared norm of the pool risk's gradient (Fig. 4b)", "loss units squared", ""),
+}
+
+
+def _glossary() -> str:
+    rows = ["<tr><th>scalar (name ends in)</th><th>meaning</th><th>unit</th><th>paper</th></tr>"]
+    rows += [f"<tr><td>{k}</td><td>{html.escape(m)}</td><td>{html.escape(u)}</td><td>{html.escape(p) or '-'}</td></tr>"
+             for k, (m, u, p) in GLOSSARY.items()]
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def skipped_statistics(store: RunStore) -> list[tuple[int, str, str]]:
+    """(epoch, observable, reason) of every observable a complete checkpoint skipped, and why."""
+    out = []
+    for g in store.checkpoint_groups():
+        if not store.is_complete(g):
+            continue
+        for obs, _ in sorted(store.root[g].groups()):
+            why = store.attrs(f"{g}/{obs}").get("skipped")
+            if why:
+                out.append((int(g.split("_")[1]), obs, str(why)))
+    return out
+
+
 def _scalar_table(r: _Reader) -> str:
-    keys = sorted({k for g in r.groups for k in r.store.attrs(g).get("scalars", {})
-                   if k.split(".")[-1] in ("z_fraction", "exponent", "relative", "symmetry_score", "trace_estimate",
-                                           "grad_norm2", "n_valid", "n_active_examples", "lambda_max",
-                                           "min_detectable_rho")})
+    keys = sorted({k for g in r.groups for k in r.store.attrs(g).get("scalars", {}) if k.split(".")[-1] in GLOSSARY})
     rows = ["<tr><th>scalar</th>" + "".join(f"<th>epoch {e}</th>" for e in r.epochs) + "</tr>"]
     for k in keys:
         cells = []
@@ -320,6 +358,10 @@ def _scalar_table(r: _Reader) -> str:
                 obs, name = stat.split(".", 1)
                 why = r.store.attrs(f"{g}/{obs}").get("untestable", {}).get(name, "")
                 cells.append(f"<td title='{html.escape(why)}'>untestable</td>")
+            elif not isinstance(v, (int, float)) and r.store.has_group(f"{g}/{k.split('.', 1)[0]}") and \
+                    r.store.attrs(f"{g}/{k.split('.', 1)[0]}").get("skipped"):
+                why = r.store.attrs(f"{g}/{k.split('.', 1)[0]}")["skipped"]
+                cells.append(f"<td class='skip' title='{html.escape(why)}'>skipped</td>")
             else:
                 cells.append(f"<td>{v:.4g}</td>" if isinstance(v, (int, float)) else "<td>-</td>")
         rows.append(f"<tr><td>{html.escape(k)}</td>{''.join(cells)}</tr>")
@@ -350,6 +392,14 @@ def _verdict_table(verdicts: dict[int, list]) -> str:
                         f"<td>{ours}</td><td>{html.escape(v.regime)}</td><td><b>{html.escape(v.verdict)}</b></td>"
                         f"<td title='{html.escape(v.why)}'>{html.escape(v.face_value)}</td></tr>")
     return "<table>" + head + "".join(rows) + "</table>"
+
+
+def _skipped_list(store: RunStore) -> str:
+    rows = skipped_statistics(store)
+    if not rows:
+        return ""
+    return ("<h3>Skipped statistics</h3><ul>" + "".join(
+        f"<li class='skip'>epoch {e}, {html.escape(obs)}: {html.escape(why)}</li>" for e, obs, why in rows) + "</ul>")
 
 
 def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=print) -> Report:
@@ -388,5 +438,6 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=pr
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
         ".skip{color:#a00}</style></head><body>"
         f"<h1>{title}</h1>{meta}<h2>Verdict on the paper's headline numbers</h2>{_verdict_table(rep.verdicts)}"
-        f"<h2>Scalars</h2>{_scalar_table(r)}{''.join(parts)}</body></html>")
+        f"<h2>Scalars</h2>{_scalar_table(r)}{_skipped_list(store)}<h3>Glossary</h3>{_glossary()}"
+        f"{''.join(parts)}</body></html>")
     return rep

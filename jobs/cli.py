@@ -73,6 +73,8 @@ def _experiment(run_dir: Path, cfg) -> str:
 
 def cmd_demo(args) -> int:
     from adaptsym.measure import measure_run
+    from adaptsym.report import skipped_statistics
+    from adaptsym.store import RunStore
     from adaptsym.tracking import Tracker
     from adaptsym.train import train
 
@@ -87,6 +89,8 @@ def cmd_demo(args) -> int:
         print(f"[{name}] zarr store:  {m.store_path}")
         print(f"[{name}] MLflow runs: train {res.mlflow_run_id}, measure {m.mlflow_run_id}")
         print(f"[{name}] report:      {_report(res.run_dir, tracker)}")
+        for epoch, obs, why in skipped_statistics(RunStore.for_run(res.run_dir, mode="r")):
+            print(f"[{name}] skipped at epoch {epoch}: {obs}: {why}")
     print(f"MLflow tracking URI: {tracker.uri}  (browse with `make mlflow-ui`)")
     return 0
 

@@ -60,3 +60,35 @@ def test_missing_arrays_skip_only_their_figure(measured, tmp_path):
 def test_report_cli(measured, capsys):
     assert main(["report", str(measured), "--no-mlflow"]) == 0
     assert "report.html" in capsys.readouterr().out
+
+
+def test_skip_reasons_and_glossary_in_the_report(measured, tmp_path):
+    """A statistic a checkpoint skipped shows as 'skipped' with its reason, in the table and in a
+    list (here a skip reason is written into a copy of the store, as `measure` writes one when
+    every pool example has margin >= 1); every scalar row has a glossary entry."""
+    import re
+
+    from adaptsym.report import GLOSSARY, skipped_statistics
+    from adaptsym.store import RunStore
+
+    run = tmp_path / measured.name
+    shutil.copytree(measured, run)
+    store = RunStore.for_run(run)
+    assert skipped_statistics(store) == []
+    g = store.checkpoint_groups()[-1]
+    reason = "all 64 pool examples have margin >= 1: H = 0 exactly"
+    attrs = store.attrs(f"{g}/hessian_entries")
+    store.root[f"{g}/hessian_entries"].attrs.update({"skipped": reason, "scalars": {}})
+    store.set_attrs({"scalars": {k: v for k, v in store.attrs(g)["scalars"].items()
+                                 if not k.startswith("hessian_entries.")}}, group=g)
+    assert attrs  # the group existed
+    epoch = int(g.split("_")[1])
+    assert skipped_statistics(store) == [(epoch, "hessian_entries", reason)]
+    from html import escape
+
+    html = render_report(run, out_dir=tmp_path / "r").html.read_text()
+    assert f"epoch {epoch}, hessian_entries: {escape(reason)}" in html
+    assert f"title='{escape(reason)}'>skipped</td>" in html
+    shown = set(re.findall(r"<tr><td>([a-z_.]+)</td>", html))
+    assert shown and all(k.split(".")[-1] in GLOSSARY for k in shown if "." in k)
+    assert "3.39e-4" in html and "Glossary" in html
