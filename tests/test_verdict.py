@@ -141,3 +141,12 @@ def test_z_fraction_matches_its_closed_form_without_structure():
         got = counts[0] / counts[1]
         want = 2 * norm.cdf(c * np.sqrt(n / s)) - 1
         assert abs(got - want) < 4 * np.sqrt(want * (1 - want) / K) + 0.01, (law, got, want)
+
+
+def test_a_point_outside_its_interval_is_explained():
+    """The basic interval can exclude the pool's own value (a strongly biased fraction); the verdict
+    says so and gives the interval's centre, the bias-corrected value."""
+    v = judge(scalars(0.47, 0.537, 0.801), DEMO_CFG, "cnn", 5)[0]
+    assert "lies outside its interval" in v.why and "0.669" in v.why
+    inside = judge(scalars(0.6, 0.537, 0.801), DEMO_CFG, "cnn", 5)[0]
+    assert "outside" not in inside.why
