@@ -2,9 +2,9 @@
 
 `PoolHessian` holds a model (plan + weights) and a pool (x, y). Products are computed chunk
 by chunk over the pool (memory bounded by `chunk` examples) and summed with weight
-|chunk|/n. Only the examples with hinge loss > 0 or on the hinge (margin <= 1) take part:
-the others have zero gradient and zero Hessian, exactly, so dropping them changes nothing but
-the cost. Methods:
+|chunk|/n. The loss is an argument (`losses.Loss`, hinge by default). For the hinge only the
+examples with loss > 0 or on the hinge (margin <= 1) take part: the others have zero gradient
+and zero Hessian, exactly, so dropping them changes nothing but the cost. Methods:
 
 - `fwd-rev`: forward-over-reverse, `torch.func.jvp` of `torch.func.grad`; recomputes the
   forward pass and the gradient for every product, holds no graph;
@@ -30,15 +30,15 @@ import torch
 from torch.func import grad, jvp, vmap
 
 from .indexing import ParamIndex
-from .losses import hinge
+from .losses import HINGE, Loss
 from .models import flatten_params, forward, unflatten_params
 
 Vec = tuple[torch.Tensor, ...]
 
 
-def _sum_loss(plan):
+def _sum_loss(plan, loss: Loss):
     def f(weights, x, y):
-        return hinge(forward(plan, weights, x), y).sum()
+        return loss(forward(plan, weights, x), y).sum()
 
     return f
 
@@ -61,14 +61,16 @@ METHODS = ("auto", "graph", "fwd-rev", "double-backward")
 GRAPH_BUDGET_BYTES = 2**30
 
 
-def active_examples(plan, weights, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Indices of the examples with margin y T(x) <= 1, the only ones with a non-zero hinge
-    gradient or Hessian (torch's clamp passes the gradient at exactly 0, so margin 1 counts)."""
+def active_examples(plan, weights, x: torch.Tensor, y: torch.Tensor, chunk: int, loss: Loss = HINGE) -> torch.Tensor:
+    """Indices of the examples that can have a non-zero gradient or Hessian of `loss` (hinge:
+    margin y T(x) <= 1, `losses.hinge_active`); all of them for a loss without such a test."""
+    if loss.active is None:
+        return torch.arange(len(x), device=x.device)
     if len(x) == 0:
         return torch.zeros(0, dtype=torch.long, device=x.device)
     with torch.no_grad():
         out = torch.cat([forward(plan, weights, x[i : i + chunk]) for i in range(0, len(x), chunk)])
-    return torch.nonzero(1.0 - y * out >= 0).flatten()
+    return torch.nonzero(loss.active(out, y)).flatten()
 
 
 class SavedBytes:
@@ -100,17 +102,19 @@ class SavedBytes:
 
 
 class PoolHessian:
-    """Gradient and Hessian-vector products of the mean hinge risk over a pool."""
+    """Gradient and Hessian-vector products of the mean risk over a pool (`loss`: hinge by default)."""
 
     def __init__(self, plan, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                 chunk: int | None = None, method: str = "auto", graph_budget_bytes: float | None = None):
+                 chunk: int | None = None, method: str = "auto", graph_budget_bytes: float | None = None,
+                 loss: Loss = HINGE):
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         self.plan = plan
         self.weights = tuple(w.detach() for w in weights)
         self.n = len(x)
         self.chunk = chunk or max(1, self.n)
-        keep = active_examples(plan, self.weights, x, y, self.chunk)
+        self.loss = loss
+        keep = active_examples(plan, self.weights, x, y, self.chunk, loss)
         self.x, self.y = x[keep], y[keep]
         self.n_active = len(keep)
         self.method = method
@@ -119,7 +123,7 @@ class PoolHessian:
         self.graph_bytes = 0
         self.index = ParamIndex.from_weights(self.weights)
         self.shapes = [tuple(w.shape) for w in self.weights]
-        self._loss = _sum_loss(plan)
+        self._loss = _sum_loss(plan, loss)
         self._grad = grad(self._loss)
 
     @property

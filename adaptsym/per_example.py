@@ -23,16 +23,16 @@ from tqdm.auto import tqdm
 
 from .hvp import active_examples, one_hot_tangents
 from .indexing import ParamIndex
-from .losses import hinge
+from .losses import HINGE, Loss
 from .models import RowSelection, forward
 from .progress import bar_off
 
 
-def _row_grad_fn(plan, sel: RowSelection):
+def _row_grad_fn(plan, sel: RowSelection, loss: Loss = HINGE):
     """(weights, x, y) -> per-example gradient at the selected rows, shape (n, |I|)."""
 
     def summed(u, weights, x, y):
-        return hinge(forward(plan, weights, x, rows=sel, u=u), y).sum()
+        return loss(forward(plan, weights, x, rows=sel, u=u), y).sum()
 
     g = grad(summed)
 
@@ -43,19 +43,20 @@ def _row_grad_fn(plan, sel: RowSelection):
     return fn
 
 
-def per_example_gradients(plan, weights, x, y, rows: Sequence[int]) -> torch.Tensor:
+def per_example_gradients(plan, weights, x, y, rows: Sequence[int], loss: Loss = HINGE) -> torch.Tensor:
     """Per-example gradient entries dl_k/d theta_I, shape (n, |I|) in the caller's row order."""
     weights = tuple(w.detach() for w in weights)
     index = ParamIndex.from_weights(weights)
     sel = RowSelection.build(rows, index, [tuple(w.shape) for w in weights], device=weights[0].device)
-    g = _row_grad_fn(plan, sel)(weights, x, y)
+    g = _row_grad_fn(plan, sel, loss)(weights, x, y)
     out = torch.empty_like(g)
     out[:, torch.as_tensor(sel.order, device=g.device)] = g
     return out
 
 
 def per_example_entries(plan, weights, x, y, rows: Sequence[int], cols: Sequence[int],
-                        example_chunk: int = 256, column_chunk: int = 8, progress: bool = False) -> np.ndarray:
+                        example_chunk: int = 256, column_chunk: int = 8, progress: bool = False,
+                        loss: Loss = HINGE) -> np.ndarray:
     """h[k, i, j] for rows I and columns J over all examples: a (n, |I|, |J|) float64 array.
 
     The entries of the block design I x J (`design_entries`), reshaped; memory is bounded by one
@@ -64,33 +65,33 @@ def per_example_entries(plan, weights, x, y, rows: Sequence[int], cols: Sequence
     from .entries import block_entries
 
     design = block_entries(ParamIndex.from_weights(weights), rows, cols)
-    h = design_entries(plan, weights, x, y, design, example_chunk, column_chunk, progress)
+    h = design_entries(plan, weights, x, y, design, example_chunk, column_chunk, progress, loss)
     return h.reshape(len(x), len(design.cols), len(design.rows)).transpose(0, 2, 1)
 
 
-def design_tile(plan, weights, index: ParamIndex, design, xb, yb, a0: int, a1: int) -> np.ndarray:
+def design_tile(plan, weights, index: ParamIndex, design, xb, yb, a0: int, a1: int, loss: Loss = HINGE) -> np.ndarray:
     """Per-example entries a0 <= a < a1 of `design` for the examples (xb, yb): (len(xb), a1 - a0).
 
     The one tile function of both the single-process and the distributed paths: it builds the
     rows and columns these entries need, runs one batched pass, and reads the entries out.
-    Examples with margin > 1 have h = 0 exactly (hinge loss); the pass runs only on the others.
+    Examples that cannot contribute (hinge: margin > 1) have h = 0 exactly; the pass runs only on the others.
     """
-    act = active_examples(plan, weights, xb, yb, max(1, len(xb)))
+    act = active_examples(plan, weights, xb, yb, max(1, len(xb)), loss)
     if len(act) < len(xb):
         out = np.zeros((len(xb), a1 - a0), dtype=np.float64)
         if len(act):
-            out[act.cpu().numpy()] = design_tile(plan, weights, index, design, xb[act], yb[act], a0, a1)
+            out[act.cpu().numpy()] = design_tile(plan, weights, index, design, xb[act], yb[act], a0, a1, loss)
         return out
     rp, cp = design.row_pos[a0:a1], design.col_pos[a0:a1]
     rows_u, r_loc = np.unique(rp, return_inverse=True)
     cols_u, c_loc = np.unique(cp, return_inverse=True)
     sel = RowSelection.build(design.rows[rows_u], index, [tuple(w.shape) for w in weights], device=weights[0].device)
-    tile = entries_tile(_row_grad_fn(plan, sel), sel, index, weights, xb, yb, design.cols[cols_u])
+    tile = entries_tile(_row_grad_fn(plan, sel, loss), sel, index, weights, xb, yb, design.cols[cols_u])
     return tile[:, r_loc, c_loc]
 
 
 def design_entries(plan, weights, x, y, design, example_chunk: int = 256, column_chunk: int = 8,
-                   progress: bool = False) -> np.ndarray:
+                   progress: bool = False, loss: Loss = HINGE) -> np.ndarray:
     """Per-example entries of an `EntryDesign`: an (n, K) float64 array, tile by tile (in memory)."""
     weights = tuple(w.detach() for w in weights)
     index = ParamIndex.from_weights(weights)
@@ -100,7 +101,7 @@ def design_entries(plan, weights, x, y, design, example_chunk: int = 256, column
     tiles = [(i, a) for i in range(0, n, example_chunk) for a in range(0, K, ea)]
     for i, a in tqdm(tiles, desc="per-example entries", disable=bar_off(progress), unit="tile", leave=False):
         out[i : i + example_chunk, a : a + ea] = design_tile(plan, weights, index, design, x[i : i + example_chunk],
-                                                             y[i : i + example_chunk], a, min(a + ea, K))
+                                                             y[i : i + example_chunk], a, min(a + ea, K), loss)
     return out
 
 
@@ -114,7 +115,8 @@ def entries_tile(row_grad, sel: RowSelection, index: ParamIndex, weights, xb, yb
     return tile
 
 
-def per_example_entries_vmap(plan, weights, x, y, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+def per_example_entries_vmap(plan, weights, x, y, rows: Sequence[int], cols: Sequence[int],
+                             loss: Loss = HINGE) -> np.ndarray:
     """Reference: vmap over examples of per-example HVP columns, rows read out. (n, |I|, |J|)."""
     weights = tuple(w.detach() for w in weights)
     index = ParamIndex.from_weights(weights)
@@ -122,7 +124,7 @@ def per_example_entries_vmap(plan, weights, x, y, rows: Sequence[int], cols: Seq
     rows_t = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=weights[0].device)
 
     def loss1(w, xk, yk):
-        return hinge(forward(plan, w, xk[None]), yk[None]).sum()
+        return loss(forward(plan, w, xk[None]), yk[None]).sum()
 
     g1 = grad(loss1)
 

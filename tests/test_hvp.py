@@ -12,11 +12,11 @@ from adaptsym.per_example import (design_entries, per_example_entries, per_examp
                                   per_example_gradients)
 
 
-def per_example_brute(model, x, y):
+def per_example_brute(model, x, y, loss=hinge):
     w0 = flatten_params(model.params()).detach()
     out = []
     for k in range(len(x)):
-        f = lambda v: hinge(forward(model.plan, unflatten_params(v, model.shapes), x[k:k + 1]), y[k:k + 1]).sum()
+        f = lambda v: loss(forward(model.plan, unflatten_params(v, model.shapes), x[k:k + 1]), y[k:k + 1]).sum()
         out.append(torch.autograd.functional.hessian(f, w0).numpy())
     return np.stack(out)
 
@@ -121,3 +121,38 @@ def test_local_seams_satisfy_the_protocols(small):
     op = PoolHessian(model.plan, model.params(), x, y)
     assert isinstance(op, CurvatureOperator) and isinstance(LocalExecutor(), Executor)
     assert not isinstance(object(), CurvatureOperator)
+
+
+@pytest.mark.parametrize("name", ["square", "logistic"])
+def test_loss_is_an_argument_of_the_operators(small, name):
+    """Square and logistic losses: pool HVPs (every method), per-example entries (fast path and
+    the vmap reference) and per-example gradients against autograd Hessians of that loss. Their
+    Hessians carry the Gauss-Newton term the hinge lacks, and no example is skipped."""
+    from adaptsym.losses import LOSSES
+
+    loss = LOSSES[name]
+    model, x, y = small
+    hb = per_example_brute(model, x, y, loss)
+    dense = PoolHessian(model.plan, model.params(), x, y, loss=loss).dense().numpy()
+    np.testing.assert_allclose(dense, hb.mean(0), rtol=1e-8, atol=1e-12)
+    hinge_dense = PoolHessian(model.plan, model.params(), x, y).dense().numpy()
+    assert np.abs(dense - hinge_dense).max() > 1e-3  # the loss really changed
+    v = tuple(torch.randn_like(w) for w in model.params())
+    ref = PoolHessian(model.plan, model.params(), x, y, loss=loss, method="fwd-rev").hvp(v)
+    for method in ("graph", "double-backward"):
+        got = PoolHessian(model.plan, model.params(), x, y, chunk=3, loss=loss, method=method).hvp(v)
+        for a, b in zip(ref, got):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+    N = model.n_params
+    rng = np.random.default_rng(1)
+    rows, cols = rng.choice(N, 10, replace=False), rng.choice(N, 6, replace=False)
+    h = per_example_entries(model.plan, model.params(), x, y, rows, cols, example_chunk=4, column_chunk=3, loss=loss)
+    np.testing.assert_allclose(h, hb[:, rows][:, :, cols], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(per_example_entries_vmap(model.plan, model.params(), x, y, rows, cols, loss=loss),
+                               hb[:, rows][:, :, cols], rtol=1e-8, atol=1e-12)
+    g = per_example_gradients(model.plan, model.params(), x, y, rows, loss=loss)
+    w0 = flatten_params(model.params()).detach()
+    for k in range(len(x)):
+        gk = torch.autograd.functional.jacobian(
+            lambda v: loss(forward(model.plan, unflatten_params(v, model.shapes), x[k:k + 1]), y[k:k + 1]).sum(), w0)
+        np.testing.assert_allclose(g[k].numpy(), gk.numpy()[rows], rtol=1e-8, atol=1e-12)
