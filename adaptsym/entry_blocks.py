@@ -8,8 +8,9 @@ the run's zarr store itself, so no worker or driver ever holds more than a block
   exactly one zarr chunk of `h` (no two tiles share a chunk);
 - `entry_block(ai)`: bootstrap replicates and per-entry statistics of entry chunk ai, written
   into chunk ai of the per-entry arrays, plus small aggregates for the driver;
-- `corr_tile(stage, ...)`: one tile of the correlation matrix and its studentised product sums
-  (histogram pass or decision pass);
+- `corr_threshold_tile`, `corr_histogram_tile`, `corr_decision_tile`: one tile of the correlation
+  matrix, for the fixed-threshold rule, or the first (histogram) or second (decision) pass of
+  the FDR rule;
 - `comoment_tile(tuples)`: co-skewness / co-kurtosis statistics of a block of tuples.
 
 The same class serves the single-process path (`LocalExecutor`) and the Ray actors
@@ -27,6 +28,7 @@ import zarr
 
 from .bootstrap import multinomial_counts, replicates
 from .comoments import tuple_active, tuple_statistics
+from .config import MeasureSpec
 from .correlation import pair_mask, standardise
 from .entries import EntryDesign
 from .entry_stats import (batch_cuts, moment_intervals, moments, predicted_moments, scaling_deviations,
@@ -50,13 +52,16 @@ def stream(seed: int, epoch: int, which: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xB007, which]))
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class EntryWork:
+    """One checkpoint's Hessian-entry work, built with keyword arguments; it pickles (the
+    validated `MeasureSpec` included) and travels to each Ray actor once."""
+
     store_path: str
     group: str  # e.g. 'epoch_0010/hessian_entries'
     design: EntryDesign
-    mcfg: dict  # MeasureSpec as a dict
-    s: int
+    mcfg: MeasureSpec
+    s: int  # minibatch size
     seed: int
     epoch: int
     model_spec: dict
@@ -75,11 +80,11 @@ class EntryWork:
 
     @property
     def example_chunk(self) -> int:
-        return min(self.mcfg["example_chunk"], self.n)
+        return min(self.mcfg.example_chunk, self.n)
 
     @property
     def entry_chunk(self) -> int:
-        return min(self.design.entry_chunk(self.mcfg["column_chunk"]), self.design.n_entries)
+        return min(self.design.entry_chunk(self.mcfg.column_chunk), self.design.n_entries)
 
     def tiles(self) -> list[tuple[int, int]]:
         ne = ceil_div(self.n, self.example_chunk)
@@ -94,14 +99,14 @@ class EntryBlocks:
     def __init__(self, work: EntryWork, device: str | torch.device | None = None, max_cached_blocks: int = 8):
         self.work = work
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = torch_dtype(work.mcfg["dtype"])
+        self.dtype = torch_dtype(work.mcfg.dtype)
         self.group = zarr.open_group(work.store_path, mode="a", zarr_format=3)[work.group]
         self._model = None
         self._counts = None
         self._z = OrderedDict()
         self._max_cached = max_cached_blocks
         self._cols: dict = {}  # entry -> (standardised bootstrap column, standardised pool column, h != 0)
-        self._max_cols = max(1024, int(256e6 / 8 / (work.n + work.mcfg["replicates"])))  # ~256 MB
+        self._max_cols = max(1024, int(256e6 / 8 / (work.n + work.mcfg.replicates)))  # ~256 MB
 
     # ------------------------------------------------------------------ shared state
     @property
@@ -119,7 +124,7 @@ class EntryBlocks:
         """The (B, n) multinomial count matrix, the same in every worker (seeded)."""
         if self._counts is None:
             w = self.work
-            self._counts = multinomial_counts(w.n, w.s, w.mcfg["replicates"], stream(w.seed, w.epoch, STREAM_COUNTS))
+            self._counts = multinomial_counts(w.n, w.s, w.mcfg.replicates, stream(w.seed, w.epoch, STREAM_COUNTS))
         return self._counts
 
     def columns(self, entries: np.ndarray) -> np.ndarray:
@@ -175,8 +180,8 @@ class EntryBlocks:
         self.group["valid"][a0:a1] = valid
         self.group["n_active"][a0:a1] = np.count_nonzero(hb, axis=0)
         devs = scaling_deviations(X[:, valid], hb[:, valid], w.s)
-        idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.mcfg["uncertainty_resamples"], w.n))
-        cut = w.mcfg["z_cut"]
+        idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.mcfg.uncertainty_resamples, w.n))
+        cut = w.mcfg.z_cut
         whole = np.arange(w.n)[None]  # row 0: the pool itself, then the resamples
         res = z_resample_counts(hb, w.s, np.concatenate([[cut], batch_cuts(cut, w.s)]), np.vstack([whole, idx]),
                                 exclude=sz)
@@ -185,19 +190,28 @@ class EntryBlocks:
             self.group[f"{stat}_ci_high"][a0:a1] = np.where(valid, hi, np.nan)
         return {"valid": valid, "z": z[valid], "devs": devs, "active": np.any(hb != 0, axis=1), "resample": res}
 
-    def corr_tile(self, stage: int, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,
-                  window: tuple[float, float] | None = None) -> dict:
-        """stage 1: histogram of |T| (or threshold counts); stage 2: decisions in the BH window."""
-        mc = self.work.mcfg
+    def _corr(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray):
         R, T = product_t(self._zblock(bi, ei), self._zblock(bj, ej))
-        mask = pair_mask(R.shape, bi == bj)
-        if mc["nonzero"] == "threshold":
-            hit = mask & (np.abs(R) >= mc["threshold"])
-            return {"rows": hit.sum(axis=1), "cols": hit.sum(axis=0), "abs_sum": float(np.abs(R[mask]).sum()),
-                    "m": int(mask.sum())}
+        return R, T, pair_mask(R.shape, bi == bj)
+
+    def corr_threshold_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> dict:
+        """The fixed-threshold rule: per-row and per-column counts of |rho| >= threshold."""
+        R, _, mask = self._corr(bi, bj, ei, ej)
+        hit = mask & (np.abs(R) >= self.work.mcfg.threshold)
+        return {"rows": hit.sum(axis=1), "cols": hit.sum(axis=0), "abs_sum": float(np.abs(R[mask]).sum()),
+                "m": int(mask.sum())}
+
+    def corr_histogram_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> dict:
+        """FDR pass 1: the histogram of |T| of the tile's pairs (for the streaming BH window)."""
+        R, T, mask = self._corr(bi, bj, ei, ej)
+        return {"hist": StreamingBH(self.work.mcfg.fdr_q).histogram(np.abs(T[mask])),
+                "abs_sum": float(np.abs(R[mask]).sum())}
+
+    def corr_decision_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,
+                           window: tuple[float, float]) -> dict:
+        """FDR pass 2: pairs surely above the window (counted) and those inside it (returned)."""
+        _, T, mask = self._corr(bi, bj, ei, ej)
         az = np.where(mask, np.abs(T), -1.0)
-        if stage == 1:
-            return {"hist": StreamingBH(mc["fdr_q"]).histogram(az[mask]), "abs_sum": float(np.abs(R[mask]).sum())}
         z_low, z_high = window
         sure = mask & (az >= z_high)
         und = mask & (az >= z_low) & ~sure
@@ -221,3 +235,20 @@ class EntryBlocks:
         tup = local.reshape(tuples.shape)
         value, pool, tstat = tuple_statistics(Zx, Zh, tup)
         return {"value": value, "pool": pool, "tstat": tstat, "active": tuple_active(act, tup)}
+
+    # ------------------------------------------------------------------ dispatch
+    def call(self, method: str, task: tuple) -> dict:
+        """Run one unit of work named by `method` (one of METHODS) on the arguments `task`."""
+        try:
+            fn = _METHODS[method]
+        except KeyError:
+            raise ValueError(f"unknown block method {method!r}; one of {', '.join(_METHODS)}") from None
+        return fn(self, *task)
+
+
+# The units of work a worker does, by name (executors send the name and the arguments).
+_METHODS = {"h_tile": EntryBlocks.h_tile, "entry_block": EntryBlocks.entry_block,
+            "corr_threshold_tile": EntryBlocks.corr_threshold_tile,
+            "corr_histogram_tile": EntryBlocks.corr_histogram_tile,
+            "corr_decision_tile": EntryBlocks.corr_decision_tile, "comoment_tile": EntryBlocks.comoment_tile}
+METHODS = tuple(_METHODS)

@@ -26,7 +26,7 @@ class LocalExecutor:
             self._blocks = {work.key: EntryBlocks(work, self.device)}  # one checkpoint at a time
         blocks = self._blocks[work.key]
         for task in tqdm(tasks, desc=desc or method, disable=bar_off(progress), unit="tile", leave=False):
-            on_result(task, getattr(blocks, method)(*task))
+            on_result(task, blocks.call(method, task))
 
     def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int,
                      graph_budget_mb: float | None = None) -> CurvatureOperator:

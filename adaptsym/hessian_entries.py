@@ -28,6 +28,7 @@ from .coupling import coupling_summary
 from .entry_blocks import (PER_ENTRY, PER_ENTRY_CI, PER_ENTRY_INT, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
                            EntryBlocks, EntryWork, stream)
 from .entry_stats import Z_BATCHES, fraction_interval, fraction_std, summarise_deviations, z_fraction
+from .config import MeasureSpec
 from .errors import TileError, UserFacingError
 from .fdr import StreamingBH
 from .mardia import mardia
@@ -113,7 +114,7 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     active = np.any(np.stack([b["active"] for b in order]), axis=0)
     sc.update(n_entries=K, n_valid=int(valid.sum()), n_structural_zero=int(d.structural_zero.sum()),
               n_degenerate=int((~valid & ~d.structural_zero).sum()), pool_size=n, minibatch=s,
-              replicates=mc["replicates"], n_params=n_params, n_active_examples=int(active.sum()))
+              replicates=mc.replicates, n_params=n_params, n_active_examples=int(active.sum()))
     if vidx.size < MIN_VALID:
         # e.g. zero training loss: every pool example has margin >= 1, so H = 0 exactly
         obs.attrs["skipped"] = (f"only {vidx.size} entries vary over the pool ({int(active.sum())} of {n} examples "
@@ -121,7 +122,7 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
         return obs
 
     z = np.concatenate([b["z"] for b in order])
-    sc["z_fraction"] = z_fraction(z, mc["z_cut"])
+    sc["z_fraction"] = z_fraction(z, mc.z_cut)
     counts = np.sum([b["resample"] for b in order], axis=0)  # (1 + R, 1 + len(Z_BATCHES) + 1)
     whole, res = counts[0], counts[1:]  # the pool itself, then its resamples
     exact = lambda c: float(whole[c] / whole[-1]) if whole[-1] else float("nan")
@@ -130,7 +131,7 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     # statistic the resamples recompute; z_fraction (from the B replicates) adds Monte Carlo noise
     sc["z_fraction_exact"] = exact(0)
     sc["z_fraction_ci_low"], sc["z_fraction_ci_high"] = fraction_interval(res, point=sc["z_fraction_exact"])
-    sc["z_cut"] = mc["z_cut"]
+    sc["z_cut"] = mc.z_cut
     # the same fraction at other batch sizes; s = 1 is the per-example normalisation mean / std of h
     by_s = [exact(1 + i) for i in range(len(Z_BATCHES))]
     obs.add("z_fraction_batch", np.array(Z_BATCHES), ["zbatch"])
@@ -153,7 +154,7 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
         cross, size=min(16, cross.size), replace=False))
     obs.add("replicates_entry", shown, ["shown"])
     obs.add("replicates", replicates(reader.columns(shown), counts, s), ["replicate", "shown"])
-    sub_idx = np.sort(stream(work.seed, work.epoch, STREAM_SUB).choice(vidx, size=min(mc["submatrix"], vidx.size),
+    sub_idx = np.sort(stream(work.seed, work.epoch, STREAM_SUB).choice(vidx, size=min(mc.submatrix, vidx.size),
                                                                         replace=False))
     hsub = reader.columns(sub_idx)
     Zx, Zh = standardise(replicates(hsub, counts, s)), standardise(hsub)
@@ -170,11 +171,11 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     full[vidx] = ccounts
     obs.add("corr_count", full, ["entry"])
     det = _detectability(mc, n_active, sc["corr_n_tests"], sc["corr_n_nonzero"], sc["corr_threshold"], 2)
-    summaries = {"corr": (coupling_summary(ccounts, vidx.size - 1, n_params, 2, rng_c, mc["uncertainty_resamples"]),
+    summaries = {"corr": (coupling_summary(ccounts, vidx.size - 1, n_params, 2, rng_c, mc.uncertainty_resamples),
                           det)}
 
     rng_t = stream(work.seed, work.epoch, STREAM_TUPLES)
-    per = mc["tuples_per_entry"]
+    per = mc.tuples_per_entry
     for order_, name in ((3, "coskew"), (4, "cokurt")):
         if vidx.size <= order_:
             continue
@@ -186,7 +187,7 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
                      desc=name, progress=progress)
         get = lambda key: np.concatenate([parts[k][key] for k in range(len(tasks))])
         value, tstat = get("value"), get("tstat")
-        nonzero = decide(value, tstat, mc["nonzero"], mc["fdr_q"], mc["threshold"], mc["pvalue"], mc["fdr"])
+        nonzero = decide(value, tstat, mc.nonzero, mc.fdr_q, mc.threshold, mc.pvalue, mc.fdr)
         per_entry = nonzero.reshape(vidx.size, per).sum(axis=1)
         obs.add(f"{name}_tuples", tup, [f"{name}_tuple", f"{name}_member"])
         obs.add(f"{name}_value", value, [f"{name}_tuple"])
@@ -197,8 +198,8 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
         full[vidx] = per_entry
         obs.add(f"{name}_count", full, ["entry"])
         found = int(nonzero.sum())
-        thr = float(np.abs(tstat[nonzero]).min()) if found and mc["nonzero"] == "fdr" else np.inf
-        summaries[name] = (coupling_summary(per_entry, per, n_params, order_, rng_c, mc["uncertainty_resamples"]),
+        thr = float(np.abs(tstat[nonzero]).min()) if found and mc.nonzero == "fdr" else np.inf
+        summaries[name] = (coupling_summary(per_entry, per, n_params, order_, rng_c, mc.uncertainty_resamples),
                            _detectability(mc, n_active, len(tup), found, thr, order_))
     untestable = {}
     for name, (summ, det) in summaries.items():
@@ -211,32 +212,32 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
         obs.attrs["untestable"] = untestable
 
     # Mardia on random sets of valid entries of the pool (n samples)
-    if mc["mardia_sets"] and vidx.size >= mc["mardia_dim"]:
+    if mc.mardia_sets and vidx.size >= mc.mardia_dim:
         rng_m = stream(work.seed, work.epoch, STREAM_MARDIA)
         rows = []
-        for _ in range(mc["mardia_sets"]):
-            m = mardia(reader.columns(np.sort(rng_m.choice(vidx, size=mc["mardia_dim"], replace=False))))
+        for _ in range(mc.mardia_sets):
+            m = mardia(reader.columns(np.sort(rng_m.choice(vidx, size=mc.mardia_dim, replace=False))))
             rows.append([m["b1"], m["b2"], m["skew_stat"], m["skew_p"], m["kurt_stat"], m["kurt_p"]])
         rows = np.array(rows)
         obs.add("mardia", rows, ["mardia_set", "mardia_stat"])
         obs.attrs["mardia_stat"] = ["b1", "b2", "skew_stat", "skew_p", "kurt_stat", "kurt_p"]
         sc["mardia.skew_reject_fraction"] = float(np.mean(rows[:, 3] < 0.05))
         sc["mardia.kurt_reject_fraction"] = float(np.mean(rows[:, 5] < 0.05))
-        sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mc["mardia_dim"] * (mc["mardia_dim"] + 2)))
+        sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mc.mardia_dim * (mc.mardia_dim + 2)))
     return obs
 
 
-def _detectability(mc: dict, n_active: int, m_tests: int, found: int, threshold: float, order: int) -> Detectability:
+def _detectability(mc: MeasureSpec, n_active: int, m_tests: int, found: int, threshold: float, order: int) -> Detectability:
     """Detectability of one statistic; the fixed-threshold rule has no test, so it is always testable."""
-    if mc["nonzero"] != "fdr":
-        return Detectability(n_active, m_tests, mc["threshold"], float(np.sqrt(n_active)), np.nan, False, "", order)
-    return detectability(n_active, m_tests, mc["fdr_q"], mc["pvalue"], mc["fdr"], found, threshold, order)
+    if mc.nonzero != "fdr":
+        return Detectability(n_active, m_tests, mc.threshold, float(np.sqrt(n_active)), np.nan, False, "", order)
+    return detectability(n_active, m_tests, mc.fdr_q, mc.pvalue, mc.fdr, found, threshold, order)
 
 
 def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict, progress: bool) -> np.ndarray:
     """Per-entry counts of non-zero correlations among the valid entries (tile by tile)."""
     mc = work.mcfg
-    bs = mc["corr_block"]
+    bs = mc.corr_block
     blocks = [vidx[i : i + bs] for i in range(0, vidx.size, bs)]
     offs = np.arange(0, vidx.size, bs)
     pairs = [(bi, bj) for bi in range(len(blocks)) for bj in range(bi, len(blocks))]
@@ -244,7 +245,7 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
     results: dict = {}
 
     def collect(task, res):
-        results[(task[1], task[2])] = res
+        results[(task[0], task[1])] = res
 
     def add_rows(task_res):
         for (bi, bj), r in sorted(task_res.items()):
@@ -252,23 +253,23 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
             counts[offs[bj] : offs[bj] + len(blocks[bj])] += r["cols"]
 
     m_tests = vidx.size * (vidx.size - 1) // 2
-    if mc["nonzero"] == "threshold":
-        executor.run(work, "corr_tile", [(1, bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
+    if mc.nonzero == "threshold":
+        executor.run(work, "corr_threshold_tile", [(bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
                      desc="correlations", progress=progress)
         add_rows(results)
         abs_sum = sum(r["abs_sum"] for _, r in sorted(results.items()))
-        threshold = mc["threshold"]
+        threshold = mc.threshold
     else:
-        bh = StreamingBH(mc["fdr_q"], pvalue=mc["pvalue"], method=mc["fdr"])
-        executor.run(work, "corr_tile", [(1, bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
+        bh = StreamingBH(mc.fdr_q, pvalue=mc.pvalue, method=mc.fdr)
+        executor.run(work, "corr_histogram_tile", [(bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
                      desc="correlations (pass 1)", progress=progress)
         for _, r in sorted(results.items()):
             bh.hist += r["hist"]
         abs_sum = sum(r["abs_sum"] for _, r in sorted(results.items()))
         bh.plan()
         results = {}
-        executor.run(work, "corr_tile", [(2, bi, bj, blocks[bi], blocks[bj], (bh.z_low, bh.z_high))
-                                         for bi, bj in pairs], collect, desc="correlations (pass 2)",
+        executor.run(work, "corr_decision_tile", [(bi, bj, blocks[bi], blocks[bj], (bh.z_low, bh.z_high))
+                                                  for bi, bj in pairs], collect, desc="correlations (pass 2)",
                      progress=progress)
         add_rows(results)
         for _, r in sorted(results.items()):

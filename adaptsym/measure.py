@@ -114,10 +114,10 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
                                 f"statistics need at least max(s, 20) = {max(s, 20)}")
         out.append(obs)
     elif "hessian_entries" in want:
-        work = EntryWork(str(store.path), f"{group}/hessian_entries", design,
-                         mcfg.model_dump(mode="json"), s, cfg.seed, epoch, ckpt["model_spec"],
-                         tuple(ckpt["input_shape"]), [w.detach().cpu() for w in ckpt["weights"]],
-                         x.detach().cpu(), y.detach().cpu())
+        work = EntryWork(store_path=str(store.path), group=f"{group}/hessian_entries", design=design, mcfg=mcfg,
+                         s=s, seed=cfg.seed, epoch=epoch, model_spec=ckpt["model_spec"],
+                         input_shape=tuple(ckpt["input_shape"]), weights=[w.detach().cpu() for w in ckpt["weights"]],
+                         x=x.detach().cpu(), y=y.detach().cpu())
         timed(lambda: measure_hessian_entries(store, work, executor, model.n_params, progress))
     if "spectrum" in want:
         sp = mcfg.spectrum

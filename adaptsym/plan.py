@@ -264,10 +264,11 @@ def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device:
     y = torch.where(model(flat).detach() >= 0, -1.0, 1.0).to(x.dtype)  # all active, like a young network
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "plan.zarr")
-        work = EntryWork(str(store.path), "plan/hessian_entries", make_design(mc.design, model.index, cfg.seed),
-                         mc.model_dump(mode="json"), mc.minibatch or cfg.train.batch_size, cfg.seed, 0,
-                         spec.model_dump(mode="json"), (flat.shape[1],), [w.detach().cpu() for w in model.params()],
-                         flat.cpu(), y.cpu())
+        work = EntryWork(store_path=str(store.path), group="plan/hessian_entries",
+                         design=make_design(mc.design, model.index, cfg.seed), mcfg=mc,
+                         s=mc.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                         model_spec=spec.model_dump(mode="json"), input_shape=(flat.shape[1],),
+                         weights=[w.detach().cpu() for w in model.params()], x=flat.cpu(), y=y.cpu())
         ex = LocalExecutor(device)
         prepare(store, work)
         compute_h(store, work, ex, log=lambda *_: None)

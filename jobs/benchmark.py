@@ -152,10 +152,11 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
         store = RunStore(Path(tmp) / "bench.zarr")
 
         def work(tag):
-            return EntryWork(str(store.path), f"{tag}/hessian_entries", make_design(mcfg.design, model.index, cfg.seed),
-                             mcfg.model_dump(mode="json"), mcfg.minibatch or cfg.train.batch_size, cfg.seed, 0,
-                             cfg.models[model_name].model_dump(mode="json"), data.input_shape,
-                             [w.detach() for w in model.params()], x, y)
+            return EntryWork(store_path=str(store.path), group=f"{tag}/hessian_entries",
+                             design=make_design(mcfg.design, model.index, cfg.seed), mcfg=mcfg,
+                             s=mcfg.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                             model_spec=cfg.models[model_name].model_dump(mode="json"), input_shape=data.input_shape,
+                             weights=[w.detach() for w in model.params()], x=x, y=y)
 
         times = {}
         for n_act in (1, 2, 1, 2, 1, 2):  # interleaved, best of three

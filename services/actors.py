@@ -58,7 +58,7 @@ class MeasureActor:
             self.blocks = EntryBlocks(ray.get(work_ref[0]), self.device)
             self.key = key
         t0 = time.perf_counter()
-        out = getattr(self.blocks, method)(*task)
+        out = self.blocks.call(method, task)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0
