@@ -54,7 +54,11 @@ class Loss:
         return self.per_example(out, y)
 
 
-HINGE = Loss("hinge", hinge, hinge_active)
+def _hinge(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return hinge(out, y)  # looked up at call time: HINGE is always this module's `hinge`
+
+
+HINGE = Loss("hinge", _hinge, hinge_active)
 SQUARE = Loss("square", square)
 LOGISTIC = Loss("logistic", logistic)
 LOSSES = {loss.name: loss for loss in (HINGE, SQUARE, LOGISTIC)}
