@@ -207,3 +207,10 @@ def measure_circuits(plan, weights, x: torch.Tensor, y: torch.Tensor, n_examples
         obs.scalars[f"{mode}.estimate_rel_error"] = float(np.abs(r["estimate"] - t).mean() / scale)
     obs.attrs["n_paths_per_example"] = n_paths
     return obs
+
+
+def measure(ctx):
+    """The registry's entry point (`adaptsym.registry`): `measure_circuits` with the config's settings."""
+    c = ctx.cfg.measure.circuits
+    return measure_circuits(ctx.model.plan, ctx.model.params(), ctx.x, ctx.y, c.examples, c.paths, ctx.cfg.seed,
+                            ctx.epoch)

@@ -151,14 +151,29 @@ class CircuitSpec(_Strict):
     paths: int = Field(default=256, gt=0)  # paths per example and mode
 
 
-OBSERVABLES = ("hessian_entries", "spectrum", "weights", "gradients", "circuits")
+class BlockSpectraSpec(_Strict):
+    """Spectra and traces of diagonal blocks of the pool Hessian (`block_spectra`, opt-in)."""
+
+    starts: int = Field(default=2, gt=0)  # Rademacher starts per block
+    steps: int = Field(default=32, gt=1)  # Lanczos steps per start (capped at the block size)
+    samples: int = Field(default=8, gt=1)  # Hutchinson samples per block for its trace
+    grid: int = Field(default=201, gt=10)  # points of each smoothed density
+    sigma_rel: float = Field(default=0.01, gt=0)
+    # Layer pairs [l, m] whose joint diagonal block [[H_ll, H_lm], [H_ml, H_mm]] is also measured.
+    pairs: list[tuple[int, int]] = Field(default_factory=list)
+
+
+# Every observable `measure` knows (`adaptsym.registry` maps each name to its module); the default
+# list leaves out `block_spectra`, which is asked for by name.
+OBSERVABLES = ("hessian_entries", "spectrum", "weights", "gradients", "circuits", "block_spectra")
+DEFAULT_OBSERVABLES = OBSERVABLES[:5]
 
 
 class MeasureSpec(_Strict):
     """Measurement of the observables at each checkpoint (SPEC sections 3 and 4)."""
 
-    observables: list[Literal["hessian_entries", "spectrum", "weights", "gradients", "circuits"]] = Field(
-        default_factory=lambda: list(OBSERVABLES))
+    observables: list[Literal[*OBSERVABLES]] = Field(default_factory=lambda: list(DEFAULT_OBSERVABLES))
+    block_spectra: BlockSpectraSpec = Field(default_factory=BlockSpectraSpec)
     spectrum: SpectrumSpec = Field(default_factory=SpectrumSpec)
     circuits: CircuitSpec = Field(default_factory=CircuitSpec)
     histogram_bins: int = Field(default=128, gt=1)  # weight histograms (fixed per-layer bins)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .entry_stats import moments
 from .histograms import counts, symlog_edges
-from .observation import Observation
+from .observation import Context, Observation
 from .protocols import CurvatureOperator
 
 GRAD_EDGES = symlog_edges(-12, 2, 128)
@@ -30,3 +30,7 @@ def measure_gradients(op: CurvatureOperator, lr: float) -> Observation:
     obs.scalars["omega"] = float(lr * norm2.sum())
     obs.attrs["lr"] = lr
     return obs
+
+
+def measure(ctx: Context) -> Observation:
+    return measure_gradients(ctx.op, ctx.cfg.train.lr)

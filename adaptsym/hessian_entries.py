@@ -33,7 +33,7 @@ from .errors import TileError, UserFacingError
 from .fdr import StreamingBH
 from .mardia import mardia
 from .nonzero import Detectability, detectability
-from .observation import Observation
+from .observation import Context, Observation
 from .store import chunk_faults
 from .util import ceil_div
 from .protocols import Executor
@@ -292,3 +292,20 @@ def measure_hessian_entries(store, work: EntryWork, executor: Executor, n_params
     obs = analyse(store, work, executor, n_params, progress)
     obs.scalars.update(tiles_total=total, tiles_computed=computed)
     return obs
+
+
+def measure(ctx: Context) -> Observation:
+    """The registry's entry point: the Hessian-entry statistics of the checkpoint, or a skip (with
+    its reason) when the pool is smaller than max(s, 20)."""
+    n = len(ctx.x)
+    if n < max(ctx.s, 20):
+        obs = Observation("hessian_entries", scalars={"pool_size": n, "minibatch": ctx.s})
+        obs.attrs["skipped"] = (f"only {n} training examples have margin < 1 (measure.pool: active); the "
+                                f"statistics need at least max(s, 20) = {max(ctx.s, 20)}")
+        return obs
+    ck = ctx.ckpt
+    work = EntryWork(store_path=str(ctx.store.path), group=f"{ctx.group}/hessian_entries", design=ctx.design,
+                     mcfg=ctx.cfg.measure, s=ctx.s, seed=ctx.cfg.seed, epoch=ctx.epoch, model_spec=ck["model_spec"],
+                     input_shape=tuple(ck["input_shape"]), weights=[w.detach().cpu() for w in ck["weights"]],
+                     x=ctx.x.detach().cpu(), y=ctx.y.detach().cpu())
+    return measure_hessian_entries(ctx.store, work, ctx.executor, ctx.model.n_params, ctx.progress)

@@ -30,21 +30,16 @@ from .config import ConfigError, RunConfig, parse_config
 from .data import load_dataset
 from .entries import EntryDesign, make_design
 from .indexing import ParamIndex
-from .entry_blocks import EntryWork
 from .executor import LocalExecutor
-from .circuits import measure_circuits
-from .gradients import measure_gradients
-from .hessian_entries import measure_hessian_entries
-from .spectrum import measure_spectrum
-from .weights import measure_weights
 from .errors import UserFacingError
 from .provenance import resolve_device
-from .observation import Observation
+from .observation import Context, Observation
 from .progress import bar_off
 from .runlock import run_lock
 from .store import RunStore, checkpoint_group
 from .util import torch_dtype
 from .protocols import Executor
+from .registry import REGISTRY
 
 
 @dataclass
@@ -89,43 +84,20 @@ def active_pool(model, x: torch.Tensor, y: torch.Tensor, size: int, seed: int, c
 
 
 def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: int, store: RunStore, group: str,
-                       executor, design: EntryDesign, progress: bool = False) -> list:
-    """Every observable the measure config asks for, at one checkpoint's model."""
+                       executor: Executor, design: EntryDesign, progress: bool = False) -> list[Observation]:
+    """Every observable the measure config asks for, at one checkpoint's model, in registry order."""
     mcfg = cfg.measure
-    want = set(mcfg.observables)
-    out = []
-    params = model.params()
     op = executor.pool_hessian(model, ckpt, x, y, mcfg.dtype, mcfg.example_chunk,
                                mcfg.hvp_graph_budget_mb)  # in process or sharded
-
-    def timed(make):
-        t0 = time.perf_counter()
-        obs = make()
-        obs.scalars["seconds"] = time.perf_counter() - t0
-        out.append(obs)
-
-    if "weights" in want:
-        timed(lambda: measure_weights(params, mcfg.histogram_bins))
-    if "gradients" in want:
-        timed(lambda: measure_gradients(op, cfg.train.lr))
-    if "hessian_entries" in want and len(x) < max(s, 20):
-        obs = Observation("hessian_entries", scalars={"pool_size": len(x), "minibatch": s})
-        obs.attrs["skipped"] = (f"only {len(x)} training examples have margin < 1 (measure.pool: active); the "
-                                f"statistics need at least max(s, 20) = {max(s, 20)}")
-        out.append(obs)
-    elif "hessian_entries" in want:
-        work = EntryWork(store_path=str(store.path), group=f"{group}/hessian_entries", design=design, mcfg=mcfg,
-                         s=s, seed=cfg.seed, epoch=epoch, model_spec=ckpt["model_spec"],
-                         input_shape=tuple(ckpt["input_shape"]), weights=[w.detach().cpu() for w in ckpt["weights"]],
-                         x=x.detach().cpu(), y=y.detach().cpu())
-        timed(lambda: measure_hessian_entries(store, work, executor, model.n_params, progress))
-    if "spectrum" in want:
-        sp = mcfg.spectrum
-        timed(lambda: measure_spectrum(op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, cfg.seed, epoch, progress,
-                                       sp.basis_dtype, sp.basis_budget_mb, sp.spill_dir))
-    if "circuits" in want:
-        timed(lambda: measure_circuits(model.plan, params, x, y, mcfg.circuits.examples, mcfg.circuits.paths,
-                                       cfg.seed, epoch))
+    ctx = Context(model=model, ckpt=ckpt, x=x, y=y, cfg=cfg, s=s, epoch=epoch, store=store, group=group,
+                  executor=executor, design=design, op=op, progress=progress)
+    out = []
+    for name, observable in REGISTRY.items():
+        if name in mcfg.observables:
+            t0 = time.perf_counter()
+            obs = observable.measure(ctx)
+            obs.scalars["seconds"] = time.perf_counter() - t0
+            out.append(obs)
     return out
 
 

@@ -1,10 +1,31 @@
-"""The result of one observable at one checkpoint: named arrays (with dimension names) and scalars."""
+"""The result of one observable at one checkpoint (named arrays with dimension names, and scalars),
+and the context every observable is measured in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an observable's `measure(context)` gets at one checkpoint (see `adaptsym.registry`)."""
+
+    model: Any  # models.BiasFreeNet at the checkpoint
+    ckpt: dict  # the checkpoint payload
+    x: Any  # the measurement pool
+    y: Any
+    cfg: Any  # config.RunConfig
+    s: int  # minibatch size
+    epoch: int
+    store: Any  # store.RunStore
+    group: str  # the checkpoint's zarr group
+    executor: Any  # protocols.Executor
+    design: Any  # entries.EntryDesign of the Hessian entries
+    op: Any  # protocols.CurvatureOperator: the pool Hessian
+    progress: bool = False
 
 
 @dataclass

@@ -410,7 +410,12 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=pr
     r = _Reader(store)
     rep = Report(out, out / "report.html")
     parts = []
-    for name, fn, size in FIGURES:
+    figures = list(FIGURES)
+    if any(store.has_group(f"{g}/block_spectra") for g in r.groups):  # opt-in observable: its figure when measured
+        from .block_spectra import figure as block_figure
+
+        figures.append(("block_spectra", block_figure, (8, 4.5)))
+    for name, fn, size in figures:
         fig = plt.figure(figsize=size, constrained_layout=True)
         try:
             fn(r, fig)

@@ -287,3 +287,10 @@ def measure_spectrum(op: CurvatureOperator, starts: int, steps: int, grid: int, 
                        trace_estimate=tr, trace_stderr=tr_se, moment1=res.moment(1), moment2=res.moment(2),
                        hvps=int((res.weights > 0).sum()))
     return obs
+
+
+def measure(ctx):
+    """The registry's entry point (`adaptsym.registry`): `measure_spectrum` with the config's settings."""
+    sp = ctx.cfg.measure.spectrum
+    return measure_spectrum(ctx.op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, ctx.cfg.seed, ctx.epoch, ctx.progress,
+                            sp.basis_dtype, sp.basis_budget_mb, sp.spill_dir)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .entry_stats import moments
 from .histograms import counts
-from .observation import Observation
+from .observation import Context, Observation
 
 
 def weight_edges(shape, bins: int) -> np.ndarray:
@@ -33,3 +33,7 @@ def measure_weights(weights, bins: int) -> Observation:
             obs.scalars[f"layer{li}.{key}"] = float(v)
     obs.attrs["hist_layout"] = "index 0: below edges[0]; 1..bins: bins; last: at or above edges[-1]"
     return obs
+
+
+def measure(ctx: Context) -> Observation:
+    return measure_weights(ctx.model.params(), ctx.cfg.measure.histogram_bins)

@@ -204,6 +204,7 @@ def test_unreachable_address_fails_fast(tmp_path):
 def test_science_package_never_imports_ray():
     code = ("import sys, adaptsym.measure, adaptsym.report, adaptsym.train, adaptsym.entry_blocks, "
             "adaptsym.executor, adaptsym.ensemble, adaptsym.binary_net, adaptsym.effective_model, "
-            "adaptsym.effective_analysis, adaptsym.effective_report, adaptsym.signal_propagation; "
+            "adaptsym.effective_analysis, adaptsym.effective_report, adaptsym.signal_propagation, adaptsym.registry, "
+            "adaptsym.block_spectra; "
             "assert 'ray' not in sys.modules and 'services' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, check=True, timeout=120)
