@@ -190,25 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train and measure the demo config (what `make demo` runs)")
-    d.add_argument("--config", default="configs/demo.yaml")
-    d.add_argument("--out", default="runs", help="root of the run directories and of mlflow.db")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--config", default="configs/demo.yaml", help="run config, YAML (default configs/demo.yaml)")
+    d.add_argument("--out", default="runs", help="root of the run directories and of mlflow.db (default runs)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train the models of a config (resumes an interrupted run)")
-    t.add_argument("--config", required=True)
-    t.add_argument("--out", default="runs")
+    t.add_argument("--config", required=True, help="run config, YAML (required)")
+    t.add_argument("--out", default="runs", help="root of the run directories and of mlflow.db (default runs)")
     t.add_argument("--model", default=None, help="one model of the config (default: all)")
-    t.add_argument("--no-mlflow", action="store_true")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (default: log)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
     t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("measure", help="measure the observables at a run's checkpoints")
     m.add_argument("--run", required=True, help="run directory written by `adaptsym train`")
     m.add_argument("--config", default=None, help="config whose 'measure' section to use (default: the run's)")
     m.add_argument("--epochs", type=int, nargs="*", default=None, help="checkpoints to measure (default: all)")
-    m.add_argument("--no-mlflow", action="store_true")
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (default: log)")
+    m.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
     m.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the tiles on Ray actors: a local cluster (no ADDRESS) or HOST:PORT of a running one")
     m.add_argument("--actors", type=positive_int, default=None, help="actors (default: one per GPU, else CPUs / threads)")
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true",
                    help="replace finished measurements made with another measure config or checkpoint (default: refuse)")
     m.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")
-    m.add_argument("--max-tile-retries", type=int, default=3)
+    m.add_argument("--max-tile-retries", type=int, default=3,
+                   help="tries of a failing tile before the measurement stops naming it (default 3)")
     m.set_defaults(func=cmd_measure)
 
     r = sub.add_parser("report", help="figures (PNG) and an HTML report from a run's zarr store")
@@ -233,19 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("submit", help=f"submit a job ({', '.join(JOBS)}) to a Ray cluster",
                        usage="adaptsym submit JOB [options] -- [the job's own arguments]")
     j.add_argument("job", choices=JOBS, help="the job to run: python -m jobs.JOB on the cluster")
-    j.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard / Jobs API URL")
-    j.add_argument("--working-dir", default=".")
-    j.add_argument("--python", default="python", help="the interpreter on the cluster")
+    j.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard / Jobs API URL (default http://127.0.0.1:8265)")
+    j.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default .)")
+    j.add_argument("--python", default="python", help="the interpreter on the cluster (default python)")
     j.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the job (default: $MLFLOW_TRACKING_URI)")
-    j.add_argument("--no-wait", action="store_true")
-    j.add_argument("--timeout", type=float, default=3600)
+    j.add_argument("--no-wait", action="store_true", help="return after submitting (default: follow the logs)")
+    j.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the job (default 3600)")
     j.set_defaults(func=cmd_submit, job_args=[])
 
     pl = sub.add_parser("plan", help="predict a job's wall time and peak memory per process before running it",
                         description="Measures the configured model's throughputs here (under a minute) and predicts "
                                     "train + measure at every checkpoint: seconds per phase, peak RSS per process. "
                                     "Exits 2 when the processes would need more memory than is available.")
-    pl.add_argument("config")
+    pl.add_argument("config", help="run config, YAML")
     pl.add_argument("--devices", default=None, help="cpu:N or cuda:N (default: cpu:<all cores>)")
     pl.add_argument("--actors", type=positive_int, default=None,
                     help="Ray actors for measure --ray (default: in process on CPU, one per GPU on cuda)")
@@ -257,8 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--force", action="store_true", help="exit 0 even when the plan does not fit in memory")
     pl.set_defaults(func=cmd_plan)
 
-    b = sub.add_parser("bench", help="side-by-side speed ratios as JSON (jobs/benchmark.py)")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b = sub.add_parser("bench", help="side-by-side speed ratios as JSON (jobs/benchmark.py)",
+                       usage="adaptsym bench [jobs.benchmark options: --vgg12, --ensemble, --ray, --models ...]",
+                       description="Runs `python -m jobs.benchmark` with the arguments that follow; "
+                                   "`python -m jobs.benchmark --help` lists them.")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to jobs.benchmark unchanged")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -255,3 +255,19 @@ def test_every_container_is_locked_down_and_ray_shares_one_token():
     assert users and users[-1] not in ("root", "0")
     compose = (ROOT / "infra/mlflow/docker-compose.yaml").read_text()
     assert "POSTGRES_PASSWORD: mlflow" not in compose and "${MLFLOW_DB_PASSWORD:?" in compose
+
+
+def test_every_cli_option_has_help_with_its_default():
+    """`adaptsym <command> --help` explains every option; options with a default say it."""
+    import argparse
+
+    from jobs.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in sub.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.dest)
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+                assert "default" in action.help, (name, action.dest, action.help)
