@@ -98,40 +98,55 @@ def compute_h(store, work: EntryWork, executor: Executor, progress: bool = False
 
 
 def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress: bool = False) -> Observation:
-    """All statistics of SPEC section 4 from the stored h, block by block on the executor."""
-    mc, d = work.mcfg, work.design
-    n, K, s = work.n, d.n_entries, work.s
+    """All statistics of SPEC section 4 from the stored h, block by block on the executor, in the
+    phases of the module docstring: entry blocks (2), then, unless too few entries vary, the |z|
+    fractions, the driver's columns (5), the couplings (3, 4) and Mardia (5)."""
+    d = work.design
     obs = Observation(NAME)
-    sc = obs.scalars
-    na = ceil_div(K, work.entry_chunk)
-
-    blocks: dict = {}
-    executor.run(work, "entry_block", [(ai,) for ai in range(na)], lambda t, r: blocks.__setitem__(t[0], r),
-                 desc="entry blocks", progress=progress)
-    order = [blocks[ai] for ai in range(na)]
+    order = _entry_blocks(work, executor, progress)
     valid = np.concatenate([b["valid"] for b in order])
     vidx = np.nonzero(valid)[0]
     active = np.any(np.stack([b["active"] for b in order]), axis=0)
-    sc.update(n_entries=K, n_valid=int(valid.sum()), n_structural_zero=int(d.structural_zero.sum()),
-              n_degenerate=int((~valid & ~d.structural_zero).sum()), pool_size=n, minibatch=s,
-              replicates=mc.replicates, n_params=n_params, n_active_examples=int(active.sum()))
+    obs.scalars.update(n_entries=d.n_entries, n_valid=int(valid.sum()), n_structural_zero=int(d.structural_zero.sum()),
+                       n_degenerate=int((~valid & ~d.structural_zero).sum()), pool_size=work.n, minibatch=work.s,
+                       replicates=work.mcfg.replicates, n_params=n_params, n_active_examples=int(active.sum()))
     if vidx.size < MIN_VALID:
         # e.g. zero training loss: every pool example has margin >= 1, so H = 0 exactly
-        obs.attrs["skipped"] = (f"only {vidx.size} entries vary over the pool ({int(active.sum())} of {n} examples "
-                                f"have margin < 1); statistics need at least {MIN_VALID}")
+        obs.attrs["skipped"] = (f"only {vidx.size} entries vary over the pool ({int(active.sum())} of {work.n} "
+                                f"examples have margin < 1); statistics need at least {MIN_VALID}")
         return obs
+    _z_fractions(obs, order, work.mcfg.z_cut)
+    reader = EntryBlocks(work)  # the driver reads a few columns only
+    _driver_columns(obs, work, reader, vidx)
+    _couplings(obs, work, executor, vidx, int(active.sum()), n_params, progress)
+    _mardia(obs, work, reader, vidx)
+    return obs
 
+
+def _entry_blocks(work: EntryWork, executor: Executor, progress: bool) -> list[dict]:
+    """Phase 2: every entry block's results, in block order."""
+    na = ceil_div(work.design.n_entries, work.entry_chunk)
+    blocks: dict = {}
+    executor.run(work, "entry_block", [(ai,) for ai in range(na)], lambda t, r: blocks.__setitem__(t[0], r),
+                 desc="entry blocks", progress=progress)
+    return [blocks[ai] for ai in range(na)]
+
+
+def _z_fractions(obs: Observation, order: list[dict], cut: float) -> None:
+    """Fig 7b: the |z| < cut fraction with its interval, at the minibatch size and at other batch
+    sizes (s = 1: per example), and the scaling check's summary."""
+    sc = obs.scalars
     z = np.concatenate([b["z"] for b in order])
-    sc["z_fraction"] = z_fraction(z, mc.z_cut)
+    sc["z_fraction"] = z_fraction(z, cut)
     counts = np.sum([b["resample"] for b in order], axis=0)  # (1 + R, 1 + len(Z_BATCHES) + 1)
     whole, res = counts[0], counts[1:]  # the pool itself, then its resamples
-    exact = lambda c: float(whole[c] / whole[-1]) if whole[-1] else float("nan")
+    exact = lambda c: float(whole[c] / whole[-1]) if whole[-1] else float("nan")  # noqa: E731
     sc["z_fraction_std"] = fraction_std(res)
     # the interval is that of the exact-z fraction (sqrt(s) mean / std of h over the pool), the
     # statistic the resamples recompute; z_fraction (from the B replicates) adds Monte Carlo noise
     sc["z_fraction_exact"] = exact(0)
     sc["z_fraction_ci_low"], sc["z_fraction_ci_high"] = fraction_interval(res, point=sc["z_fraction_exact"])
-    sc["z_cut"] = mc.z_cut
+    sc["z_cut"] = cut
     # the same fraction at other batch sizes; s = 1 is the per-example normalisation mean / std of h
     by_s = [exact(1 + i) for i in range(len(Z_BATCHES))]
     obs.add("z_fraction_batch", np.array(Z_BATCHES), ["zbatch"])
@@ -146,26 +161,34 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     devs = {key: np.concatenate([b["devs"][key] for b in order]) for key in ("mean", "std", "skew", "exkurt")}
     sc.update({f"scaling.{k}": v for k, v in summarise_deviations(devs).items()})
 
-    # Fig 6a: the same 16 cross-layer entries at every checkpoint; Figs 6b/6c: a submatrix
-    reader = EntryBlocks(work)  # the driver reads a few columns only
+
+def _driver_columns(obs: Observation, work: EntryWork, reader: EntryBlocks, vidx: np.ndarray) -> None:
+    """Fig 6a: the same 16 cross-layer entries' replicates at every checkpoint; Figs 6b/6c: a
+    correlation submatrix, bootstrap and exact."""
+    d, s = work.design, work.s
     counts = reader.counts
     cross = np.nonzero(~d.structural_zero)[0]
     shown = np.sort(np.random.default_rng(np.random.SeedSequence([work.seed, 0x6A])).choice(
         cross, size=min(16, cross.size), replace=False))
     obs.add("replicates_entry", shown, ["shown"])
     obs.add("replicates", replicates(reader.columns(shown), counts, s), ["replicate", "shown"])
-    sub_idx = np.sort(stream(work.seed, work.epoch, STREAM_SUB).choice(vidx, size=min(mc.submatrix, vidx.size),
+    sub_idx = np.sort(stream(work.seed, work.epoch, STREAM_SUB).choice(vidx, size=min(work.mcfg.submatrix, vidx.size),
                                                                         replace=False))
     hsub = reader.columns(sub_idx)
     Zx, Zh = standardise(replicates(hsub, counts, s)), standardise(hsub)
-    sub, exact_sub = Zx.T @ Zx / Zx.shape[0], Zh.T @ Zh / n
+    sub, exact_sub = Zx.T @ Zx / Zx.shape[0], Zh.T @ Zh / work.n
     obs.add("corr_submatrix", sub, ["sub_a", "sub_b"])
     obs.add("corr_submatrix_exact", exact_sub, ["sub_a", "sub_b"])
     obs.add("corr_submatrix_entry", sub_idx, ["sub_a"])
-    sc["corr_bootstrap_max_dev"] = float(np.abs(sub - exact_sub).max())
+    obs.scalars["corr_bootstrap_max_dev"] = float(np.abs(sub - exact_sub).max())
 
+
+def _couplings(obs: Observation, work: EntryWork, executor: Executor, vidx: np.ndarray, n_active: int,
+               n_params: int, progress: bool) -> None:
+    """Phases 3 and 4: correlation, co-skewness and co-kurtosis coupling set sizes, each with its
+    detectability (untestable statistics are NaN, their reason in attrs["untestable"])."""
+    mc, sc, K = work.mcfg, obs.scalars, work.design.n_entries
     rng_c = stream(work.seed, work.epoch, STREAM_COUPLING)
-    n_active = int(active.sum())
     ccounts = correlations(work, executor, vidx, sc, progress)
     full = np.zeros(K, dtype=np.int64)
     full[vidx] = ccounts
@@ -173,7 +196,6 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     det = _detectability(mc, n_active, sc["corr_n_tests"], sc["corr_n_nonzero"], sc["corr_threshold"], 2)
     summaries = {"corr": (coupling_summary(ccounts, vidx.size - 1, n_params, 2, rng_c, mc.uncertainty_resamples),
                           det)}
-
     rng_t = stream(work.seed, work.epoch, STREAM_TUPLES)
     per = mc.tuples_per_entry
     for order_, name in ((3, "coskew"), (4, "cokurt")):
@@ -185,7 +207,7 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
         tasks = [(k, tup[i : i + step]) for k, i in enumerate(range(0, len(tup), step))]
         executor.run(work, "comoment_tile", tasks, lambda t, r: parts.__setitem__(t[0], r),
                      desc=name, progress=progress)
-        get = lambda key: np.concatenate([parts[k][key] for k in range(len(tasks))])
+        get = lambda key: np.concatenate([parts[k][key] for k in range(len(tasks))])  # noqa: E731
         value, tstat = get("value"), get("tstat")
         nonzero = decide(value, tstat, mc.nonzero, mc.fdr_q, mc.threshold, mc.pvalue, mc.fdr)
         per_entry = nonzero.reshape(vidx.size, per).sum(axis=1)
@@ -211,20 +233,23 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     if untestable:
         obs.attrs["untestable"] = untestable
 
-    # Mardia on random sets of valid entries of the pool (n samples)
-    if mc.mardia_sets and vidx.size >= mc.mardia_dim:
-        rng_m = stream(work.seed, work.epoch, STREAM_MARDIA)
-        rows = []
-        for _ in range(mc.mardia_sets):
-            m = mardia(reader.columns(np.sort(rng_m.choice(vidx, size=mc.mardia_dim, replace=False))))
-            rows.append([m["b1"], m["b2"], m["skew_stat"], m["skew_p"], m["kurt_stat"], m["kurt_p"]])
-        rows = np.array(rows)
-        obs.add("mardia", rows, ["mardia_set", "mardia_stat"])
-        obs.attrs["mardia_stat"] = ["b1", "b2", "skew_stat", "skew_p", "kurt_stat", "kurt_p"]
-        sc["mardia.skew_reject_fraction"] = float(np.mean(rows[:, 3] < 0.05))
-        sc["mardia.kurt_reject_fraction"] = float(np.mean(rows[:, 5] < 0.05))
-        sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mc.mardia_dim * (mc.mardia_dim + 2)))
-    return obs
+
+def _mardia(obs: Observation, work: EntryWork, reader: EntryBlocks, vidx: np.ndarray) -> None:
+    """Mardia's tests on random sets of valid entries of the pool (n samples)."""
+    mc, sc = work.mcfg, obs.scalars
+    if not (mc.mardia_sets and vidx.size >= mc.mardia_dim):
+        return
+    rng_m = stream(work.seed, work.epoch, STREAM_MARDIA)
+    rows = []
+    for _ in range(mc.mardia_sets):
+        m = mardia(reader.columns(np.sort(rng_m.choice(vidx, size=mc.mardia_dim, replace=False))))
+        rows.append([m["b1"], m["b2"], m["skew_stat"], m["skew_p"], m["kurt_stat"], m["kurt_p"]])
+    rows = np.array(rows)
+    obs.add("mardia", rows, ["mardia_set", "mardia_stat"])
+    obs.attrs["mardia_stat"] = ["b1", "b2", "skew_stat", "skew_p", "kurt_stat", "kurt_p"]
+    sc["mardia.skew_reject_fraction"] = float(np.mean(rows[:, 3] < 0.05))
+    sc["mardia.kurt_reject_fraction"] = float(np.mean(rows[:, 5] < 0.05))
+    sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mc.mardia_dim * (mc.mardia_dim + 2)))
 
 
 def _detectability(mc: MeasureSpec, n_active: int, m_tests: int, found: int, threshold: float, order: int) -> Detectability:
