@@ -56,9 +56,104 @@ def _choose(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return keys.argmax(axis=1), mask.sum(axis=1)
 
 
+@dataclass
+class _Walk:
+    """The paths being walked, from the output down: per path the current unit (flat index into
+    the tensor at this depth), the weight values and global indices met so far, the product of
+    gates, the log-probability of the choices, and whether the path is alive."""
+
+    unit: np.ndarray
+    wv: np.ndarray
+    wi: np.ndarray
+    gate: np.ndarray
+    logp: np.ndarray
+    alive: np.ndarray
+
+    @classmethod
+    def start(cls, paths: int, layers: int) -> "_Walk":
+        return cls(np.zeros(paths, dtype=np.int64), np.ones((paths, layers)), np.zeros((paths, layers), dtype=np.int64),
+                   np.ones(paths), np.zeros(paths), np.ones(paths, dtype=bool))
+
+    def expand(self, k: int) -> np.ndarray:
+        """'all' mode: every path branches into k copies; returns each copy's branch 0..k-1."""
+        for name in ("unit", "wv", "wi", "gate", "logp", "alive"):
+            setattr(self, name, np.repeat(getattr(self, name), k, axis=0))
+        return np.tile(np.arange(k), len(self.unit) // k)
+
+
+def _linear_step(st: _Walk, a, w, li: int, offset: int, mode: str, rng) -> None:
+    n_in = a.size
+    if mode == "all":
+        choice = st.expand(n_in)
+        count = np.full(len(st.unit), n_in)
+    else:
+        P = len(st.unit)
+        mask = np.ones((P, n_in), dtype=bool) if mode == "uniform" or li == 0 else \
+            np.broadcast_to(a.ravel() > 0, (P, n_in))
+        choice, count = _choose(mask, rng)
+    st.wv[:, li] = w[st.unit, choice]
+    st.wi[:, li] = offset + st.unit * n_in + choice
+    st.alive &= count > 0
+    st.logp -= np.log(np.maximum(count, 1))
+    st.unit = choice
+
+
+def _pool_step(st: _Walk, a, mode: str, rng) -> None:
+    C, H, W = a.shape
+    c, y, xx = np.unravel_index(st.unit, (C, H // 2, W // 2))
+    win = np.stack([a[c, 2 * y + dy, 2 * xx + dx] for dy in (0, 1) for dx in (0, 1)], axis=1)
+    first_max = win.argmax(axis=1)
+    P = len(st.unit)
+    if mode == "all":
+        choice = st.expand(4)
+        c, y, xx, first_max = (np.repeat(v, 4) for v in (c, y, xx, first_max))
+        count = np.full(len(st.unit), 4)
+    elif mode == "uniform":
+        choice, count = rng.integers(0, 4, P), np.full(P, 4)
+    else:
+        choice, count = first_max, np.ones(P)
+    st.gate *= choice == first_max
+    st.logp -= np.log(count)
+    st.unit = np.ravel_multi_index((c, 2 * y + choice // 2, 2 * xx + choice % 2), (C, H, W))
+
+
+def _conv_step(st: _Walk, a, w, li: int, offset: int, mode: str, rng) -> None:
+    Cin, H, W = a.shape
+    co, y, xx = np.unravel_index(st.unit, (w.shape[0], H, W))
+    k = Cin * 9
+    ci_all, kh_all, kw_all = np.unravel_index(np.arange(k), (Cin, 3, 3))
+    if mode == "all":
+        choice = st.expand(k)
+        co, y, xx = (np.repeat(v, k) for v in (co, y, xx))
+        count = np.full(len(st.unit), k)
+    else:
+        P = len(st.unit)
+        yy = y[:, None] + kh_all[None] - 1
+        xw = xx[:, None] + kw_all[None] - 1
+        inside = (yy >= 0) & (yy < H) & (xw >= 0) & (xw < W)
+        if mode == "uniform":
+            mask = np.ones((P, k), dtype=bool)
+        else:
+            act = np.zeros((P, k), dtype=bool)
+            act[inside] = (a[np.broadcast_to(ci_all, (P, k))[inside], yy[inside], xw[inside]] > 0) \
+                if li > 0 else True
+            mask = inside & act
+        choice, count = _choose(mask, rng)
+    ci, kh, kw = ci_all[choice], kh_all[choice], kw_all[choice]
+    yy, xw = y + kh - 1, xx + kw - 1
+    inside = (yy >= 0) & (yy < H) & (xw >= 0) & (xw < W)
+    st.alive &= inside & (count > 0)
+    st.wv[:, li] = w[co, ci, kh, kw]
+    st.wi[:, li] = offset + np.ravel_multi_index((co, ci, kh, kw), w.shape)
+    st.logp -= np.log(np.maximum(count, 1))
+    st.unit = np.ravel_multi_index((ci, np.clip(yy, 0, H - 1), np.clip(xw, 0, W - 1)), (Cin, H, W))
+
+
 def walk(plan, weights, x: torch.Tensor, mode: str, n_paths: int = 0,
          rng: np.random.Generator | None = None) -> Paths:
-    """Paths through the network for ONE example x (shape of a single input, no batch dim)."""
+    """Paths through the network for ONE example x (shape of a single input, no batch dim): from
+    the output unit down, one step per operation (`_linear_step`, `_pool_step`, `_conv_step`;
+    a ReLU multiplies the gate, a flatten keeps the flat index)."""
     if mode not in ("uniform", "active", "all"):
         raise ValueError(f"mode must be uniform, active or all; got {mode!r}")
     rng = rng or np.random.default_rng(0)
@@ -68,90 +163,20 @@ def walk(plan, weights, x: torch.Tensor, mode: str, n_paths: int = 0,
     ins = [t.detach().cpu().double().numpy()[0] for _, t in trace]
     ws = [w.detach().cpu().double().numpy() for w in weights]
     index = ParamIndex(tuple(w.shape for w in ws))
-    L = len(ws)
-    P = 1 if mode == "all" else n_paths
-    unit = np.zeros(P, dtype=np.int64)  # index into the current (output-side) tensor, flat
-    wv, wi = np.ones((P, L)), np.zeros((P, L), dtype=np.int64)
-    gate, logp = np.ones(P), np.zeros(P)
-    alive = np.ones(P, dtype=bool)
-
-    def expand(k):  # 'all': every path branches into k copies
-        nonlocal unit, wv, wi, gate, logp, alive
-        rep = lambda a: np.repeat(a, k, axis=0)
-        unit, wv, wi, gate, logp, alive = map(rep, (unit, wv, wi, gate, logp, alive))
-        return np.tile(np.arange(k), len(unit) // k)
-
+    st = _Walk.start(1 if mode == "all" else n_paths, len(ws))
     for step in range(len(plan) - 1, -1, -1):
         op, a = trace[step][0], ins[step]
         kind = op[0]
         if kind == "linear":
-            li = op[1]
-            n_in = a.size
-            if mode == "all":
-                choice = expand(n_in)
-                count = np.full(len(unit), n_in)
-            else:
-                mask = np.ones((P, n_in), dtype=bool) if mode == "uniform" or li == 0 else \
-                    np.broadcast_to(a.ravel() > 0, (P, n_in))
-                choice, count = _choose(mask, rng)
-            wv[:, li] = ws[li][unit, choice]
-            wi[:, li] = index.offsets[li] + unit * n_in + choice
-            alive &= count > 0
-            logp -= np.log(np.maximum(count, 1))
-            unit = choice
+            _linear_step(st, a, ws[op[1]], op[1], index.offsets[op[1]], mode, rng)
         elif kind == "relu":
-            gate *= (a.ravel()[unit] > 0)
+            st.gate *= (a.ravel()[st.unit] > 0)
         elif kind == "pool":
-            C, H, W = a.shape
-            c, y, xx = np.unravel_index(unit, (C, H // 2, W // 2))
-            win = np.stack([a[c, 2 * y + dy, 2 * xx + dx] for dy in (0, 1) for dx in (0, 1)], axis=1)
-            first_max = win.argmax(axis=1)
-            if mode == "all":
-                choice = expand(4)
-                c, y, xx, first_max = (np.repeat(v, 4) for v in (c, y, xx, first_max))
-                count = np.full(len(unit), 4)
-            elif mode == "uniform":
-                choice, count = rng.integers(0, 4, P), np.full(P, 4)
-            else:
-                choice, count = first_max, np.ones(P)
-            gate *= choice == first_max
-            logp -= np.log(count)
-            unit = np.ravel_multi_index((c, 2 * y + choice // 2, 2 * xx + choice % 2), (C, H, W))
+            _pool_step(st, a, mode, rng)
         elif kind == "conv":
-            li = op[1]
-            Cin, H, W = a.shape
-            Cout = ws[li].shape[0]
-            co, y, xx = np.unravel_index(unit, (Cout, H, W))
-            k = Cin * 9
-            if mode == "all":
-                choice = expand(k)
-                co, y, xx = (np.repeat(v, k) for v in (co, y, xx))
-                count = np.full(len(unit), k)
-            ci_all, kh_all, kw_all = np.unravel_index(np.arange(k), (Cin, 3, 3))
-            if mode != "all":
-                yy = y[:, None] + kh_all[None] - 1
-                xw = xx[:, None] + kw_all[None] - 1
-                inside = (yy >= 0) & (yy < H) & (xw >= 0) & (xw < W)
-                if mode == "uniform":
-                    mask = np.ones((P, k), dtype=bool)
-                else:
-                    act = np.zeros((P, k), dtype=bool)
-                    act[inside] = (a[np.broadcast_to(ci_all, (P, k))[inside], yy[inside], xw[inside]] > 0) \
-                        if li > 0 else True
-                    mask = inside & act
-                choice, count = _choose(mask, rng)
-            ci, kh, kw = ci_all[choice], kh_all[choice], kw_all[choice]
-            yy, xw = y + kh - 1, xx + kw - 1
-            inside = (yy >= 0) & (yy < H) & (xw >= 0) & (xw < W)
-            alive &= inside & (count > 0)
-            wv[:, li] = ws[li][co, ci, kh, kw]
-            wi[:, li] = index.offsets[li] + np.ravel_multi_index((co, ci, kh, kw), ws[li].shape)
-            logp -= np.log(np.maximum(count, 1))
-            unit = np.ravel_multi_index((ci, np.clip(yy, 0, H - 1), np.clip(xw, 0, W - 1)), (Cin, H, W))
-        elif kind == "flatten":
-            pass  # row-major flatten keeps the flat unit index
-    xin = ins[0].ravel()[unit] * alive
-    return Paths(xin, wv, wi, gate * alive, logp)
+            _conv_step(st, a, ws[op[1]], op[1], index.offsets[op[1]], mode, rng)
+    xin = ins[0].ravel()[st.unit] * st.alive
+    return Paths(xin, st.wv, st.wi, st.gate * st.alive, st.logp)
 
 
 def loss_slope(plan, weights, x: torch.Tensor, y: float) -> float:
