@@ -26,6 +26,7 @@ import torch
 
 from .indexing import ParamIndex
 from .models import forward
+from .observation import Observation
 
 
 @dataclass
@@ -213,7 +214,6 @@ def sample_circuits(plan, weights, x: torch.Tensor, y: torch.Tensor, n_paths: in
 def measure_circuits(plan, weights, x: torch.Tensor, y: torch.Tensor, n_examples: int, n_paths: int,
                      seed: int, epoch: int):
     """Observation 'circuits': sampled circuit values, both modes, three orders."""
-    from .observation import Observation
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xC1C]))
     pick = np.sort(rng.choice(len(x), size=min(n_examples, len(x)), replace=False))

@@ -28,6 +28,7 @@ import torch
 
 from .config import DataSpec, ModelSpec
 from .errors import UserFacingError
+from .models import BiasFreeNet
 
 CIFAR_DIRNAME = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -187,8 +188,6 @@ def load_cifar10_binary(spec: DataSpec, seed: int) -> Dataset:
 
 
 def load_teacher(spec: DataSpec, seed: int) -> Dataset:
-    from .models import BiasFreeNet
-
     t = spec.teacher
     gen = torch.Generator().manual_seed(t.seed)
     x = torch.randn(t.n_samples, t.input_dim, generator=gen, dtype=torch.float64)

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from .effective_analysis import correlation_diagnostics, parts  # noqa: E402
 from .effective_model import s_upper  # noqa: E402
 from .store import RunStore  # noqa: E402
+from .errors import UserFacingError
 
 PART_ORDER = ("full", "LB", "ITR", "RB")
 COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("steps", "fit steps"),
@@ -150,8 +151,6 @@ def write_report(store: RunStore, run_dir: Path) -> Path:
     """Figures and `effective_report.html` for every scenario with a complete analysis."""
     run_dir = Path(run_dir)
     if not store.has_group("effective"):
-        from .errors import UserFacingError
-
         raise UserFacingError(f"{store.path} has no effective-model results; run `python -m jobs.effective_model`")
     body = ["<h1>Effective model of the weight space (Zou &amp; Huang)</h1>",
             "<p>Pairwise maximum-entropy (Ising) models of ensembles of binary-weight networks, fitted by Boltzmann "

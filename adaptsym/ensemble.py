@@ -38,6 +38,7 @@ from .binary_net import BinaryNetSpec, TaskResult
 from .config import ConfigError, format_validation_error
 from .errors import UserFacingError
 from .store import RunStore
+from .binary_net import train_task
 
 CHUNK = 1024
 MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -271,7 +272,6 @@ class CollectionError(UserFacingError, RuntimeError):
 
 def local_results(spec: BinaryNetSpec, data: tuple, seed: int, batch: int, threshold: float, first_task: int):
     """Task results in order, computed in this process (the reference for the Ray runner)."""
-    from .binary_net import train_task
 
     task = first_task
     while True:

@@ -38,6 +38,8 @@ from .indexing import ParamIndex
 from .nonzero import product_t
 from .store import checked
 from .util import ceil_div, torch_dtype
+from .checkpoint import model_from_checkpoint
+from .per_example import design_tile
 
 # seeds of the independent random streams of one checkpoint's measurement
 STREAM_COUNTS, STREAM_RESAMPLE, STREAM_SUB, STREAM_TUPLES, STREAM_COUPLING, STREAM_MARDIA = range(1, 7)
@@ -112,8 +114,6 @@ class EntryBlocks:
     @property
     def model(self):
         if self._model is None:
-            from .checkpoint import model_from_checkpoint
-
             m = model_from_checkpoint({"model_spec": self.work.model_spec, "input_shape": self.work.input_shape,
                                        "weights": self.work.weights}, dtype=self.dtype, device=self.device)
             self._model = (m, self.work.x.to(self.device, self.dtype), self.work.y.to(self.device, self.dtype))
@@ -142,8 +142,6 @@ class EntryBlocks:
 
     # ------------------------------------------------------------------ tiles
     def h_tile(self, ei: int, ai: int) -> dict:
-        from .per_example import design_tile
-
         w = self.work
         model, x, y = self.model
         e0, e1 = ei * w.example_chunk, min((ei + 1) * w.example_chunk, w.n)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .entry_blocks import EntryBlocks, EntryWork
 from .progress import bar_off
 from .protocols import CurvatureOperator
+from .hvp import PoolHessian
 
 
 class LocalExecutor:
@@ -30,8 +31,6 @@ class LocalExecutor:
 
     def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int,
                      graph_budget_mb: float | None = None) -> CurvatureOperator:
-        from .hvp import PoolHessian
-
         budget = None if graph_budget_mb is None else graph_budget_mb * 2**20
         return PoolHessian(model.plan, model.params(), x, y, chunk=chunk, graph_budget_bytes=budget)
 

@@ -26,6 +26,7 @@ from .indexing import ParamIndex
 from .losses import HINGE, Loss
 from .models import RowSelection, forward
 from .progress import bar_off
+from .entries import block_entries
 
 
 def _row_grad_fn(plan, sel: RowSelection, loss: Loss = HINGE):
@@ -62,7 +63,6 @@ def per_example_entries(plan, weights, x, y, rows: Sequence[int], cols: Sequence
     The entries of the block design I x J (`design_entries`), reshaped; memory is bounded by one
     (example_chunk x column_chunk) tile whatever n and N are.
     """
-    from .entries import block_entries
 
     design = block_entries(ParamIndex.from_weights(weights), rows, cols)
     h = design_entries(plan, weights, x, y, design, example_chunk, column_chunk, progress, loss)

@@ -40,6 +40,20 @@ import torch
 from .config import RunConfig
 from .errors import UserFacingError
 from .util import torch_dtype
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .circuits import measure_circuits
+from .config import DataSpec, ModelSpec
+from .data import DataError, load_dataset
+from .entries import make_design
+from .entry_blocks import EntryWork
+from .executor import LocalExecutor
+from .hessian_entries import analyse, compute_h, prepare
+from .hvp import PoolHessian, SavedBytes, active_examples
+from .measure import available_epochs, select_pool
+from .models import BiasFreeNet
+from .per_example import design_tile
+from .store import RunStore
+from .weights import measure_weights
 
 STARTUP_S = 8.0  # interpreter, imports, store and tracker set-up (measured on the demo: 5-10 s)
 RAY_STARTUP_S = 12.0  # a local Ray head and K actors (measured: 10-15 s)
@@ -140,15 +154,6 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     """Time the job's kernels on the configured data and model: on `sample` examples when a
     gradient over them takes more than `cheap_s` (large models, where cost is linear in the
     examples), else on the batch sizes the job uses (small models, where per-call overhead counts)."""
-    from .circuits import measure_circuits
-    from .config import DataSpec
-    from .data import DataError, load_dataset
-    from .entries import make_design
-    from .hvp import PoolHessian, SavedBytes, active_examples
-    from .measure import select_pool
-    from .models import BiasFreeNet
-    from .per_example import design_tile
-    from .weights import measure_weights
 
     t_start = time.perf_counter()
     old_threads = torch.get_num_threads()
@@ -249,13 +254,6 @@ def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device:
     correlations, co-moments, Mardia, zarr writes) run for real at the configured pool size and
     design, on a stand-in MLP (64-64 hidden units) over the flattened pool: their cost depends
     on n, K and B, not on the network, which is timed separately per h tile."""
-    from .config import ModelSpec
-    from .entries import make_design
-    from .entry_blocks import EntryWork
-    from .executor import LocalExecutor
-    from .hessian_entries import analyse, compute_h, prepare
-    from .models import BiasFreeNet
-    from .store import RunStore
 
     mc = cfg.measure
     flat = x.reshape(len(x), -1)
@@ -359,10 +357,6 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
 def run_active_fractions(run_dir, cfg: RunConfig, device: torch.device) -> list[float]:
     """The fraction of the measurement pool with margin <= 1 at each checkpoint of a trained run
     (the checkpoints `measure` would measure), from one forward pass each."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .data import load_dataset
-    from .hvp import active_examples
-    from .measure import available_epochs, select_pool
 
     run_dir = Path(run_dir)
     mc = cfg.measure

@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 
 from .store import RunStore  # noqa: E402
 from .verdict import PAPER, judge  # noqa: E402
+from .block_spectra import figure as block_figure
+from .spectrum import smoothed_density, symlog
 
 
 class MissingData(LookupError):
@@ -249,8 +251,6 @@ def fig7c(r: _Reader, fig):
 
 
 def fig8a(r: _Reader, fig):
-    from .spectrum import smoothed_density, symlog
-
     eps, nodes = r.series("spectrum", "ritz_values")
     _, wts = r.series("spectrum", "ritz_weights")
     live = [(e, n, w) for e, n, w in zip(eps, nodes, wts) if np.abs(n[w > 0]).max() > 0]
@@ -412,8 +412,6 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=pr
     parts = []
     figures = list(FIGURES)
     if any(store.has_group(f"{g}/block_spectra") for g in r.groups):  # opt-in observable: its figure when measured
-        from .block_spectra import figure as block_figure
-
         figures.append(("block_spectra", block_figure, (8, 4.5)))
     for name, fn, size in figures:
         fig = plt.figure(figsize=size, constrained_layout=True)

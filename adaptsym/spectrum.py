@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .progress import bar_off
 from .protocols import CurvatureOperator
+from .observation import Observation
 
 
 BLOCK_BYTES = 32 * 2**20  # basis rows are projected out in blocks of about this size
@@ -258,7 +259,6 @@ def measure_spectrum(op: CurvatureOperator, starts: int, steps: int, grid: int, 
                      progress: bool = False, basis_dtype: str = "float32", basis_budget_mb: float | None = None,
                      spill_dir: str | None = None):
     """Observation 'spectrum' of the pool Hessian `op` (anything with .matvec and .n_params)."""
-    from .observation import Observation
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x51C]))
     w0 = op.weights[0]
