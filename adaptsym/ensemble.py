@@ -138,6 +138,16 @@ def load_effective_config(path: str | Path) -> EffectiveConfig:
         raise ConfigError(format_validation_error(exc, str(path))) from None
 
 
+def load_with_scenarios(path: str | Path, wanted: list[str] | None) -> tuple[EffectiveConfig, list[str]]:
+    """The config and the scenarios to run (`wanted`, or all of them); unknown names are an error."""
+    cfg = load_effective_config(path)
+    scenarios = wanted or list(cfg.scenarios)
+    unknown = [s for s in scenarios if s not in cfg.scenarios]
+    if unknown:
+        raise ConfigError(f"unknown scenario(s) {unknown}; the config has {list(cfg.scenarios)}")
+    return cfg, scenarios
+
+
 # ---------------------------------------------------------------- data
 class MNISTMissingError(UserFacingError, FileNotFoundError):
     pass

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from adaptsym.config import ConfigError
-from adaptsym.ensemble import (EffectiveConfig, EnsembleWriter, collect, load_effective_config,
+from adaptsym.ensemble import (EffectiveConfig, EnsembleWriter, collect, load_with_scenarios,
                                local_results, scenario_data)
 from adaptsym.errors import UserFacingError
 from adaptsym.provenance import provenance
@@ -66,31 +65,43 @@ def collect_scenario(cfg: EffectiveConfig, store: RunStore, scenario: str, runne
             "actors": actors, "n_weights": spec.n_weights}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jobs.collect_ensemble", description=__doc__.splitlines()[0])
+def effective_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options both effective-model jobs take."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True, help="effective-model config (YAML)")
     p.add_argument("--out", default="runs", help="folder of run directories and the MLflow store (default runs)")
-    p.add_argument("--scenario", action="append", help="collect only this scenario (repeatable; default all)")
+    p.add_argument("--scenario", action="append", help="only this scenario (repeatable; default all)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = effective_parser("jobs.collect_ensemble", __doc__.splitlines()[0])
     p.add_argument("--actors", type=int, help="Ray actors (default: collect.actors of the config)")
     p.add_argument("--address", help="an existing Ray cluster (HOST:PORT); default a local one")
     p.add_argument("--local", action="store_true", help="train in this process, without Ray")
     p.add_argument("--force", action="store_true", help="delete this run's ensembles and start over")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+
+    def body(cfg, scenarios, run_dir):
+        if args.force and (run_dir / STORE_NAME).exists():
+            shutil.rmtree(run_dir / STORE_NAME)
+        return run(cfg, run_dir, scenarios, args)
+
+    return run_effective_job(args, "collect_ensemble", body)
+
+
+def run_effective_job(args, name: str, body) -> int:
+    """Load the config, hold the run's lock, run `body(cfg, scenarios, run_dir)` and print its
+    result as JSON; a user-facing error is printed and exits 2."""
     try:
-        cfg = load_effective_config(args.config)
-        scenarios = args.scenario or list(cfg.scenarios)
-        unknown = [s for s in scenarios if s not in cfg.scenarios]
-        if unknown:
-            raise ConfigError(f"unknown scenario(s) {unknown}; the config has {list(cfg.scenarios)}")
+        cfg, scenarios = load_with_scenarios(args.config, args.scenario)
         run_dir = Path(args.out) / cfg.name
-        with run_lock(run_dir, "collect_ensemble"):
-            if args.force and (run_dir / STORE_NAME).exists():
-                shutil.rmtree(run_dir / STORE_NAME)
-            out = run(cfg, run_dir, scenarios, args)
+        with run_lock(run_dir, name):
+            out = body(cfg, scenarios, run_dir)
     except UserFacingError as exc:
-        print(f"jobs.collect_ensemble: error: {exc}", file=sys.stderr)
+        print(f"jobs.{name}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=1, default=float))
     return 0

@@ -13,26 +13,21 @@ built from the store alone: `<out>/<name>/effective_report.html` with its figure
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from adaptsym.config import ConfigError
 from adaptsym.effective_analysis import (ENERGY_CLASSES, fit_part, group, landscape_part, parts, pick_references)
 from adaptsym.effective_model import energies
 from adaptsym.effective_report import write_report
-from adaptsym.ensemble import EffectiveConfig, load_effective_config, read_ensemble
-from adaptsym.errors import UserFacingError
-from adaptsym.runlock import run_lock
+from adaptsym.ensemble import EffectiveConfig, read_ensemble
 from adaptsym.store import RunStore
 from adaptsym.tracking import Tracker
 from adaptsym.progress import bar_off
+from jobs.collect_ensemble import effective_parser, run_effective_job
 
 
 def analyse_scenario(cfg: EffectiveConfig, store: RunStore, scenario: str, tracker=None, landscape: bool = True,
@@ -78,40 +73,27 @@ def analyse_scenario(cfg: EffectiveConfig, store: RunStore, scenario: str, track
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jobs.effective_model", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="effective-model config (YAML)")
-    p.add_argument("--out", default="runs", help="folder of run directories and the MLflow store (default runs)")
-    p.add_argument("--scenario", action="append", help="only this scenario (repeatable; default all)")
+    p = effective_parser("jobs.effective_model", __doc__.splitlines()[0])
     p.add_argument("--no-landscape", action="store_true", help="fit only, no entropy landscapes")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    try:
-        cfg = load_effective_config(args.config)
-        scenarios = args.scenario or list(cfg.scenarios)
-        unknown = [s for s in scenarios if s not in cfg.scenarios]
-        if unknown:
-            raise ConfigError(f"unknown scenario(s) {unknown}; the config has {list(cfg.scenarios)}")
-        run_dir = Path(args.out) / cfg.name
-        with run_lock(run_dir, "effective_model"):
-            store = RunStore.for_run(run_dir)
-            tracker = None if args.no_mlflow else Tracker(args.out, cfg.name)
-            out = []
-            with contextlib.ExitStack() as stack:
-                if tracker:
-                    stack.enter_context(tracker.run(f"effective-{cfg.name}", params=cfg.model_dump(mode="json"),
-                                                    tags={"kind": "effective_model", "zarr": str(store.path)}))
-                for s in scenarios:
-                    out.append(analyse_scenario(cfg, store, s, tracker, not args.no_landscape, not args.quiet))
-                report = write_report(store, run_dir)
-                if tracker:
-                    for f in sorted(report.parent.glob("effective_*.png")) + [report]:
-                        tracker.log_artifact(f, "report")
-    except UserFacingError as exc:
-        print(f"jobs.effective_model: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"report": str(report), "scenarios": out}, indent=1, default=float))
-    return 0
+
+    def body(cfg, scenarios, run_dir):
+        store = RunStore.for_run(run_dir)
+        tracker = None if args.no_mlflow else Tracker(args.out, cfg.name)
+        out = []
+        with contextlib.ExitStack() as stack:
+            if tracker:
+                stack.enter_context(tracker.run(f"effective-{cfg.name}", params=cfg.model_dump(mode="json"),
+                                                tags={"kind": "effective_model", "zarr": str(store.path)}))
+            for s in scenarios:
+                out.append(analyse_scenario(cfg, store, s, tracker, not args.no_landscape, not args.quiet))
+            report = write_report(store, run_dir)
+            if tracker:
+                for f in sorted(report.parent.glob("effective_*.png")) + [report]:
+                    tracker.log_artifact(f, "report")
+        return {"report": str(report), "scenarios": out}
+
+    return run_effective_job(args, "effective_model", body)
 
 
 if __name__ == "__main__":
