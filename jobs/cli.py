@@ -1,4 +1,4 @@
-"""Command line: `adaptsym {demo,train,measure,plan,report,verify,submit,bench}` (also `python -m adaptsym`).
+"""Command line: `adaptsym {demo,train,measure,plan,report,verify,submit,bench}` (also `python -m jobs.cli` in the checkout).
 
 Lives in `jobs/` because `measure --ray` reaches the Ray services; the science in `adaptsym/`
 never imports Ray.

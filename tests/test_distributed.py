@@ -194,7 +194,7 @@ def test_corrupt_tile_is_recomputed_and_a_failing_tile_stops_with_its_name(ray_c
 
 def test_unreachable_address_fails_fast(tmp_path):
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "adaptsym", "measure", "--run", str(tmp_path), "--ray",
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "measure", "--run", str(tmp_path), "--ray",
                            "127.0.0.1:9"], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
     assert time.monotonic() - t0 < 30
     err = proc.stderr.decode()

@@ -186,7 +186,7 @@ def test_concurrent_trainings_share_a_fresh_mlflow_store(tmp_path):
     cfg["models"]["mlp2"] = dict(cfg["models"]["mlp"])
     path = tmp_path / "pair.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    procs = [subprocess.Popen([sys.executable, "-m", "adaptsym", "train", "--config", str(path), "--out",
+    procs = [subprocess.Popen([sys.executable, "-m", "jobs.cli", "train", "--config", str(path), "--out",
                                str(tmp_path / "runs"), "--model", m, "--quiet"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for m in ("mlp", "mlp2")]
     for p in procs:

@@ -271,3 +271,22 @@ def test_every_cli_option_has_help_with_its_default():
             assert action.help, (name, action.dest)
             if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
                 assert "default" in action.help, (name, action.dest, action.help)
+
+
+def test_only_adaptsym_is_installed_and_the_command_runs_from_anywhere(tmp_path):
+    """`pip install -e .` installs the `adaptsym` package and the command, not top-level `jobs` or
+    `services` packages (they would collide in a shared environment); the command finds them in
+    the checkout from any working directory, and `import adaptsym` pulls in neither."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for mod in ("jobs", "services"):
+        p = subprocess.run([sys.executable, "-c", f"import {mod}"], cwd=tmp_path, env=env, capture_output=True)
+        assert p.returncode != 0 and b"No module named" in p.stderr, mod
+    code = "import sys, adaptsym; assert not any(m.split('.')[0] in ('jobs', 'services', 'ray') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
+    exe = os.path.join(os.path.dirname(sys.executable), "adaptsym")
+    out = subprocess.run([exe, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    assert "demo" in out and "measure" in out
