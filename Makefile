@@ -33,8 +33,9 @@ paper-cpu: $(STAMP)
 	$(BIN)/adaptsym train --config configs/paper-cpu.yaml
 	$(BIN)/adaptsym measure --run runs/paper-cpu-vgg12 --ray --actors 2 --num-cpus 2
 
-# Zou & Huang's effective model on the bundled digits: ensembles on 2 Ray actors (about 17 min
-# on 2 cores), then the Ising fits, entropy landscapes and runs/effective-model-demo/effective_report.html
+# Zou & Huang's effective model on the bundled digits: ensembles on 2 Ray actors (14.5 min on 2
+# cores), then the Ising fits, entropy landscapes and runs/effective-model-demo/effective_report.html
+# (13 min)
 effective-model: $(STAMP)
 	$(BIN)/python -m jobs.collect_ensemble --config configs/effective-model-demo.yaml --out runs
 	$(BIN)/python -m jobs.effective_model --config configs/effective-model-demo.yaml --out runs
