@@ -133,7 +133,6 @@ def train_task(spec: BinaryNetSpec, data: tuple, seed: int, task: int, batch: in
     opt = torch.optim.Adam(thetas, lr=spec.lr)
     n = xtr.shape[0]
     steps_per_epoch = max(1, n // spec.batch_size)
-    rows = torch.arange(batch)[:, None]
     loss = torch.zeros(())
     for _ in range(spec.epochs):
         order = torch.argsort(torch.rand(batch, n, generator=g), dim=1)
@@ -159,7 +158,6 @@ def train_task(spec: BinaryNetSpec, data: tuple, seed: int, task: int, batch: in
             better = acc > best_acc
             best = flat if best is None else torch.where(better[:, None], flat, best)
             best_acc = torch.where(better, acc, best_acc)
-    del rows
     return TaskResult(task=task, configs=best.numpy().astype(np.int8), accuracy=best_acc.numpy(),
                       network_seed=np.array([task * batch + k for k in range(batch)], dtype=np.int64),
                       passed=(best_acc >= threshold).numpy(), final_loss=float(loss.detach()) / batch)

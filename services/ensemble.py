@@ -35,11 +35,6 @@ class EnsembleActor:
     def busy_seconds(self) -> float:
         return self.busy_s
 
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
 
 class RayTaskRunner:
     """Yields task results in task order from `n_actors` actors, each with `in_flight` tasks
