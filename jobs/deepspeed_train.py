@@ -33,6 +33,13 @@ def _loop(config: dict) -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
+
+    if not torch.cuda.is_available():
+        # DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce kernel (deepspeed_shm_comm) in
+        # init_distributed. ZeRO training does not use it (gradients go through gloo); the build takes
+        # ~50 s per environment, and a build killed midway leaves a lock in ~/.cache/torch_extensions
+        # on which every later run waits forever. Marking the op incompatible skips the build.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     import ray.train
     import torch.distributed as dist
 

@@ -26,7 +26,7 @@ def test_deepspeed_one_epoch_on_cpu_writes_a_checkpoint_measure_reads(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "jobs.train", "--deepspeed", "--config", str(path), "--out",
                            str(tmp_path / "runs"), "--workers", "2", "--no-mlflow"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DeepSpeed ZeRO-1 on 2 workers: epoch 1" in proc.stdout
     run_dir = tmp_path / "runs" / "ds-mlp"
@@ -53,7 +53,7 @@ def test_killed_deepspeed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     def run(out, **extra):
         return subprocess.run([sys.executable, "-m", "jobs.train", "--deepspeed", "--config", str(path), "--out",
                                str(out), "--workers", "2", "--no-mlflow"], env={**env, **extra}, cwd=ROOT,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=300)
 
     whole = run(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
