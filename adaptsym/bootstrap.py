@@ -37,7 +37,7 @@ def multinomial_counts(n: int, s: int, n_rep: int, rng: np.random.Generator) -> 
 def check_pool(n: int, s: int) -> None:
     if s > n:
         raise ConfigError(f"minibatch size s={s} exceeds the pool size n={n}; raise measure.pool_size "
-                         f"or lower measure.minibatch")
+                         f"or lower measure.hessian_entries.minibatch")
 
 
 def replicates(h: np.ndarray, counts: np.ndarray, s: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -169,19 +170,9 @@ OBSERVABLES = ("hessian_entries", "spectrum", "weights", "gradients", "circuits"
 DEFAULT_OBSERVABLES = OBSERVABLES[:5]
 
 
-class MeasureSpec(_Strict):
-    """Measurement of the observables at each checkpoint (SPEC sections 3 and 4)."""
+class HessianEntriesSpec(_Strict):
+    """Sampled Hessian entries and their bootstrap statistics (SPEC section 4; `hessian_entries`)."""
 
-    observables: list[Literal[*OBSERVABLES]] = Field(default_factory=lambda: list(DEFAULT_OBSERVABLES))
-    block_spectra: BlockSpectraSpec = Field(default_factory=BlockSpectraSpec)
-    spectrum: SpectrumSpec = Field(default_factory=SpectrumSpec)
-    circuits: CircuitSpec = Field(default_factory=CircuitSpec)
-    histogram_bins: int = Field(default=128, gt=1)  # weight histograms (fixed per-layer bins)
-    pool_size: int = Field(default=512, gt=1)  # n pool examples from the training set
-    # 'all': the first pool_size of a seeded permutation of the training set, the same at every
-    # checkpoint; 'active': the first pool_size of those with margin < 1 at each checkpoint (the
-    # examples that carry the Hessian), so the pool changes with the checkpoint
-    pool: Literal["all", "active"] = "all"
     minibatch: int | None = Field(default=None, gt=0)  # s; null = training batch size
     design: DesignSpec = Field(default_factory=DesignSpec)
     replicates: int = Field(default=1000, gt=1)  # B bootstrap replicates
@@ -200,14 +191,95 @@ class MeasureSpec(_Strict):
     submatrix: int = Field(default=100, gt=1)  # stored random correlation submatrix edge
     mardia_sets: int = Field(default=8, ge=0)
     mardia_dim: int = Field(default=8, gt=1)
-    uncertainty_resamples: int = Field(default=200, gt=1)
+    uncertainty_resamples: int = Field(default=200, gt=1)  # pool resamples of the interval statistics
+    column_chunk: int = Field(default=8, gt=0)  # columns per per-example HVP chunk
+
+
+# Keys that sat directly under `measure:` before each observable had its own section; a config
+# that still uses them loads (`load_config` warns with the new place).
+LEGACY_ENTRY_KEYS = tuple(HessianEntriesSpec.model_fields)
+
+
+def nest_legacy_keys(measure: Any) -> tuple[Any, list[str]]:
+    """A `measure` mapping with the keys of the old flat layout moved under `hessian_entries`, and
+    the keys moved. Raises ValueError for a key given in both places."""
+    if not isinstance(measure, dict):
+        return measure, []
+    moved = [k for k in LEGACY_ENTRY_KEYS if k in measure]
+    if not moved:
+        return measure, []
+    out = dict(measure)
+    section = dict(out.get("hessian_entries") or {})
+    clash = [k for k in moved if k in section]
+    if clash:
+        raise ValueError(f"{clash} given both under measure and under measure.hessian_entries; "
+                         f"keep them only under measure.hessian_entries")
+    section.update({k: out.pop(k) for k in moved})
+    out["hessian_entries"] = section
+    return out, moved
+
+
+def merge_sections(base: dict, update: dict) -> dict:
+    """`base` with `update` laid over it, section by section (nested mappings merge, values replace)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge_sections(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class MeasureSpec(_Strict):
+    """Measurement of the observables at each checkpoint (SPEC sections 3 and 4): the settings shared
+    by the observables, then one section per observable."""
+
+    observables: list[Literal[*OBSERVABLES]] = Field(default_factory=lambda: list(DEFAULT_OBSERVABLES))
+    pool_size: int = Field(default=512, gt=1)  # n pool examples from the training set
+    # 'all': the first pool_size of a seeded permutation of the training set, the same at every
+    # checkpoint; 'active': the first pool_size of those with margin < 1 at each checkpoint (the
+    # examples that carry the Hessian), so the pool changes with the checkpoint
+    pool: Literal["all", "active"] = "all"
     example_chunk: int = Field(default=256, gt=0)  # examples per per-example HVP chunk
     # Pool HVPs (spectrum) reuse each chunk's first-order graph while all of them fit this many MB
     # per process; above it they recompute it (forward-over-reverse), holding no graph.
     hvp_graph_budget_mb: float = Field(default=1024, ge=0)
-    column_chunk: int = Field(default=8, gt=0)  # columns per per-example HVP chunk
     dtype: Literal["float32", "float64"] = "float64"
     checkpoints: list[int] | None = None  # null = every checkpoint of the run
+    histogram_bins: int = Field(default=128, gt=1)  # weights and gradients (fixed per-layer bins)
+    hessian_entries: HessianEntriesSpec = Field(default_factory=HessianEntriesSpec)
+    spectrum: SpectrumSpec = Field(default_factory=SpectrumSpec)
+    circuits: CircuitSpec = Field(default_factory=CircuitSpec)
+    block_spectra: BlockSpectraSpec = Field(default_factory=BlockSpectraSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_layout(cls, data: Any) -> Any:
+        return nest_legacy_keys(data)[0]  # `load_config` tells the author of a YAML file
+        moved = [k for k in LEGACY_ENTRY_KEYS if k in data]
+        if not moved:
+            return data
+        data = dict(data)
+        section = dict(data.get("hessian_entries") or {})
+        clash = [k for k in moved if k in section]
+        if clash:
+            raise ValueError(f"{clash} given both under measure and under measure.hessian_entries; "
+                             f"keep them only under measure.hessian_entries")
+        section.update({k: data.pop(k) for k in moved})
+        data["hessian_entries"] = section
+        warnings.warn(f"measure.{moved[0]} (and {len(moved) - 1} more) moved to measure.hessian_entries: write\n"
+                      f"measure:\n  hessian_entries:\n" + "".join(f"    {k}: ...\n" for k in moved),
+                      FutureWarning, stacklevel=2)
+        return data
+
+
+def current_layout(measure: Any) -> Any:
+    """A stored `measure` section (a run's zarr attrs) in today's layout, so that a measurement
+    written before the per-observable sections compares equal to the same settings now; anything
+    that does not validate is returned unchanged (and so compares unequal)."""
+    if not isinstance(measure, dict):
+        return measure
+    try:
+        return MeasureSpec.model_validate(measure).model_dump(mode="json")
+    except ValidationError:
+        return measure
 
 
 class RunConfig(_Strict):
@@ -306,6 +378,12 @@ def load_config(path: str | Path) -> RunConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("measure"), dict):
+        moved = [k for k in LEGACY_ENTRY_KEYS if k in data["measure"]]
+        if moved:
+            warnings.warn(f"{path}: measure.{moved[0]} (and {len(moved) - 1} more) moved to measure.hessian_entries; "
+                          f"the file loads as it is, but write\nmeasure:\n  hessian_entries:\n"
+                          + "".join(f"    {k}: ...\n" for k in moved), FutureWarning, stacklevel=2)
     return parse_config(data, source=str(path))
 
 

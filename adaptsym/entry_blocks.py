@@ -28,7 +28,7 @@ import zarr
 
 from .bootstrap import multinomial_counts, replicates
 from .comoments import tuple_active, tuple_statistics
-from .config import MeasureSpec
+from .config import HessianEntriesSpec, MeasureSpec
 from .correlation import pair_mask, standardise
 from .entries import EntryDesign
 from .entry_stats import (batch_cuts, moment_intervals, moments, predicted_moments, scaling_deviations,
@@ -73,6 +73,11 @@ class EntryWork:
     y: torch.Tensor
 
     @property
+    def entries(self) -> HessianEntriesSpec:
+        """The `measure.hessian_entries` section."""
+        return self.mcfg.hessian_entries
+
+    @property
     def key(self) -> tuple:
         return (self.store_path, self.group, self.epoch)
 
@@ -86,7 +91,7 @@ class EntryWork:
 
     @property
     def entry_chunk(self) -> int:
-        return min(self.design.entry_chunk(self.mcfg.column_chunk), self.design.n_entries)
+        return min(self.design.entry_chunk(self.entries.column_chunk), self.design.n_entries)
 
     def tiles(self) -> list[tuple[int, int]]:
         ne = ceil_div(self.n, self.example_chunk)
@@ -108,7 +113,7 @@ class EntryBlocks:
         self._z = OrderedDict()
         self._max_cached = max_cached_blocks
         self._cols: dict = {}  # entry -> (standardised bootstrap column, standardised pool column, h != 0)
-        self._max_cols = max(1024, int(256e6 / 8 / (work.n + work.mcfg.replicates)))  # ~256 MB
+        self._max_cols = max(1024, int(256e6 / 8 / (work.n + work.entries.replicates)))  # ~256 MB
 
     # ------------------------------------------------------------------ shared state
     @property
@@ -124,7 +129,7 @@ class EntryBlocks:
         """The (B, n) multinomial count matrix, the same in every worker (seeded)."""
         if self._counts is None:
             w = self.work
-            self._counts = multinomial_counts(w.n, w.s, w.mcfg.replicates, stream(w.seed, w.epoch, STREAM_COUNTS))
+            self._counts = multinomial_counts(w.n, w.s, w.entries.replicates, stream(w.seed, w.epoch, STREAM_COUNTS))
         return self._counts
 
     def columns(self, entries: np.ndarray) -> np.ndarray:
@@ -178,8 +183,8 @@ class EntryBlocks:
         self.group["valid"][a0:a1] = valid
         self.group["n_active"][a0:a1] = np.count_nonzero(hb, axis=0)
         devs = scaling_deviations(X[:, valid], hb[:, valid], w.s)
-        idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.mcfg.uncertainty_resamples, w.n))
-        cut = w.mcfg.z_cut
+        idx = stream(w.seed, w.epoch, STREAM_RESAMPLE).integers(0, w.n, (w.entries.uncertainty_resamples, w.n))
+        cut = w.entries.z_cut
         whole = np.arange(w.n)[None]  # row 0: the pool itself, then the resamples
         res = z_resample_counts(hb, w.s, np.concatenate([[cut], batch_cuts(cut, w.s)]), np.vstack([whole, idx]),
                                 exclude=sz)
@@ -195,14 +200,14 @@ class EntryBlocks:
     def corr_threshold_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> dict:
         """The fixed-threshold rule: per-row and per-column counts of |rho| >= threshold."""
         R, _, mask = self._corr(bi, bj, ei, ej)
-        hit = mask & (np.abs(R) >= self.work.mcfg.threshold)
+        hit = mask & (np.abs(R) >= self.work.entries.threshold)
         return {"rows": hit.sum(axis=1), "cols": hit.sum(axis=0), "abs_sum": float(np.abs(R[mask]).sum()),
                 "m": int(mask.sum())}
 
     def corr_histogram_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> dict:
         """FDR pass 1: the histogram of |T| of the tile's pairs (for the streaming BH window)."""
         R, T, mask = self._corr(bi, bj, ei, ej)
-        return {"hist": StreamingBH(self.work.mcfg.fdr_q).histogram(np.abs(T[mask])),
+        return {"hist": StreamingBH(self.work.entries.fdr_q).histogram(np.abs(T[mask])),
                 "abs_sum": float(np.abs(R[mask]).sum())}
 
     def corr_decision_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,

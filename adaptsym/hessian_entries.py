@@ -28,7 +28,7 @@ from .coupling import coupling_summary
 from .entry_blocks import (PER_ENTRY, PER_ENTRY_CI, PER_ENTRY_INT, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
                            EntryBlocks, EntryWork, stream)
 from .entry_stats import Z_BATCHES, fraction_interval, fraction_std, summarise_deviations, z_fraction
-from .config import MeasureSpec
+from .config import HessianEntriesSpec
 from .errors import TileError, UserFacingError
 from .fdr import StreamingBH
 from .mardia import mardia
@@ -109,13 +109,13 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     active = np.any(np.stack([b["active"] for b in order]), axis=0)
     obs.scalars.update(n_entries=d.n_entries, n_valid=int(valid.sum()), n_structural_zero=int(d.structural_zero.sum()),
                        n_degenerate=int((~valid & ~d.structural_zero).sum()), pool_size=work.n, minibatch=work.s,
-                       replicates=work.mcfg.replicates, n_params=n_params, n_active_examples=int(active.sum()))
+                       replicates=work.entries.replicates, n_params=n_params, n_active_examples=int(active.sum()))
     if vidx.size < MIN_VALID:
         # e.g. zero training loss: every pool example has margin >= 1, so H = 0 exactly
         obs.attrs["skipped"] = (f"only {vidx.size} entries vary over the pool ({int(active.sum())} of {work.n} "
                                 f"examples have margin < 1); statistics need at least {MIN_VALID}")
         return obs
-    _z_fractions(obs, order, work.mcfg.z_cut)
+    _z_fractions(obs, order, work.entries.z_cut)
     reader = EntryBlocks(work)  # the driver reads a few columns only
     _driver_columns(obs, work, reader, vidx)
     _couplings(obs, work, executor, vidx, int(active.sum()), n_params, progress)
@@ -172,7 +172,7 @@ def _driver_columns(obs: Observation, work: EntryWork, reader: EntryBlocks, vidx
         cross, size=min(16, cross.size), replace=False))
     obs.add("replicates_entry", shown, ["shown"])
     obs.add("replicates", replicates(reader.columns(shown), counts, s), ["replicate", "shown"])
-    sub_idx = np.sort(stream(work.seed, work.epoch, STREAM_SUB).choice(vidx, size=min(work.mcfg.submatrix, vidx.size),
+    sub_idx = np.sort(stream(work.seed, work.epoch, STREAM_SUB).choice(vidx, size=min(work.entries.submatrix, vidx.size),
                                                                         replace=False))
     hsub = reader.columns(sub_idx)
     Zx, Zh = standardise(replicates(hsub, counts, s)), standardise(hsub)
@@ -187,7 +187,7 @@ def _couplings(obs: Observation, work: EntryWork, executor: Executor, vidx: np.n
                n_params: int, progress: bool) -> None:
     """Phases 3 and 4: correlation, co-skewness and co-kurtosis coupling set sizes, each with its
     detectability (untestable statistics are NaN, their reason in attrs["untestable"])."""
-    mc, sc, K = work.mcfg, obs.scalars, work.design.n_entries
+    mc, sc, K = work.entries, obs.scalars, work.design.n_entries
     rng_c = stream(work.seed, work.epoch, STREAM_COUPLING)
     ccounts = correlations(work, executor, vidx, sc, progress)
     full = np.zeros(K, dtype=np.int64)
@@ -236,7 +236,7 @@ def _couplings(obs: Observation, work: EntryWork, executor: Executor, vidx: np.n
 
 def _mardia(obs: Observation, work: EntryWork, reader: EntryBlocks, vidx: np.ndarray) -> None:
     """Mardia's tests on random sets of valid entries of the pool (n samples)."""
-    mc, sc = work.mcfg, obs.scalars
+    mc, sc = work.entries, obs.scalars
     if not (mc.mardia_sets and vidx.size >= mc.mardia_dim):
         return
     rng_m = stream(work.seed, work.epoch, STREAM_MARDIA)
@@ -252,7 +252,7 @@ def _mardia(obs: Observation, work: EntryWork, reader: EntryBlocks, vidx: np.nda
     sc["mardia.median_b2_over_gauss"] = float(np.median(rows[:, 1]) / (mc.mardia_dim * (mc.mardia_dim + 2)))
 
 
-def _detectability(mc: MeasureSpec, n_active: int, m_tests: int, found: int, threshold: float, order: int) -> Detectability:
+def _detectability(mc: HessianEntriesSpec, n_active: int, m_tests: int, found: int, threshold: float, order: int) -> Detectability:
     """Detectability of one statistic; the fixed-threshold rule has no test, so it is always testable."""
     if mc.nonzero != "fdr":
         return Detectability(n_active, m_tests, mc.threshold, float(np.sqrt(n_active)), np.nan, False, "", order)
@@ -261,7 +261,7 @@ def _detectability(mc: MeasureSpec, n_active: int, m_tests: int, found: int, thr
 
 def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict, progress: bool) -> np.ndarray:
     """Per-entry counts of non-zero correlations among the valid entries (tile by tile)."""
-    mc = work.mcfg
+    mc = work.entries
     bs = mc.corr_block
     blocks = [vidx[i : i + bs] for i in range(0, vidx.size, bs)]
     offs = np.arange(0, vidx.size, bs)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .bootstrap import check_pool
-from .config import ConfigError, RunConfig, parse_config
+from .config import ConfigError, RunConfig, current_layout, parse_config
 from .data import load_dataset
 from .entries import EntryDesign, make_design
 from .indexing import ParamIndex
@@ -160,12 +160,12 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
     dtype = torch_dtype(mcfg.dtype)
     data = load_dataset(cfg.data, cfg.seed).to(device, dtype)
     x, y = select_pool(data.x_train, data.y_train, mcfg.pool_size, cfg.seed)
-    s = mcfg.minibatch or cfg.train.batch_size
+    s = mcfg.hessian_entries.minibatch or cfg.train.batch_size
     # everything a bad config can break is checked before any checkpoint group is touched
     if mcfg.pool == "all":
         check_pool(len(x), s)
     index = ParamIndex(tuple(tuple(int(d) for d in shape) for shape in root["layer_shapes"]))
-    design = make_design(mcfg.design, index, cfg.seed)  # the same entries at every checkpoint
+    design = make_design(mcfg.hessian_entries.design, index, cfg.seed)  # the same entries at every checkpoint
     mconf = mcfg.model_dump(mode="json")
     result = MeasureResult(store.path, list(wanted))
     gone = missing_scheduled(run_dir, cfg)
@@ -178,7 +178,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
         state = store.attrs(group) if store.has_group(group) else {}
         if not state.get("complete"):
             continue
-        diff = _differences(state.get("measure_config"), mconf)
+        diff = _differences(current_layout(state.get("measure_config")), mconf)
         if state.get("checkpoint_sha256") != file_sha256(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"):
             diff.append("the checkpoint file changed since it was measured")
         if diff:
@@ -200,13 +200,13 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             ckpt_path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
             digest = file_sha256(ckpt_path)
             state = store.attrs(group) if store.has_group(group) else {}
-            if state.get("complete") and state.get("measure_config") == mconf \
+            if state.get("complete") and current_layout(state.get("measure_config")) == mconf \
                     and state.get("checkpoint_sha256") == digest:
                 result.scalars[epoch] = state.get("scalars", {})
                 continue
             t0 = time.perf_counter()
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # a bad file fails before the store is touched
-            if state.get("measure_config") != mconf or state.get("checkpoint_sha256") != digest:
+            if current_layout(state.get("measure_config")) != mconf or state.get("checkpoint_sha256") != digest:
                 store.reset_group(group)  # stale or new: from scratch
             # else: an interrupted measurement of the same checkpoint and config: finished tiles are kept
             store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest, "complete": False},

@@ -212,9 +212,9 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     gradient_s = _best(op.gradient) / b
     v = torch.randn(op.n_params, dtype=dtype, device=device)
     hvp_fwdrev_s = _best(lambda: op.matvec(v)) / b
-    design = make_design(mc.design, model.index, cfg.seed)
-    ea = min(design.entry_chunk(mc.column_chunk), design.n_entries)
-    cols = max(1, mc.column_chunk if design.kind == "block" else ea)
+    design = make_design(mc.hessian_entries.design, model.index, cfg.seed)
+    ea = min(design.entry_chunk(mc.hessian_entries.column_chunk), design.n_entries)
+    cols = max(1, mc.hessian_entries.column_chunk if design.kind == "block" else ea)
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tile = lambda m: design_tile(model.plan, model.params(), model.index, design, xb[:m], yb[:m], 0, ea)
     b1 = max(1, b // 2)
@@ -263,8 +263,8 @@ def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "plan.zarr")
         work = EntryWork(store_path=str(store.path), group="plan/hessian_entries",
-                         design=make_design(mc.design, model.index, cfg.seed), mcfg=mc,
-                         s=mc.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                         design=make_design(mc.hessian_entries.design, model.index, cfg.seed), mcfg=mc,
+                         s=mc.hessian_entries.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
                          model_spec=spec.model_dump(mode="json"), input_shape=(flat.shape[1],),
                          weights=[w.detach().cpu() for w in model.params()], x=flat.cpu(), y=y.cpu())
         ex = LocalExecutor(device)
@@ -289,8 +289,9 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     ckpts = len(mc.checkpoints) if mc.checkpoints is not None else len(tc.checkpoints)
     fractions = active_fractions if active_fractions is not None else [tp.active_fraction] * ckpts
     n = mc.pool_size
-    J = mc.design.cols if mc.design.kind == "block" else mc.design.n_pairs
-    K = mc.design.rows * mc.design.cols if mc.design.kind == "block" else mc.design.n_pairs
+    d = mc.hessian_entries.design
+    J = d.cols if d.kind == "block" else d.n_pairs
+    K = d.rows * d.cols if d.kind == "block" else d.n_pairs
     steps, starts = mc.spectrum.steps, mc.spectrum.starts
     want = set(mc.observables)
     s = plan.seconds
@@ -326,7 +327,7 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     vec_mb = tp.n_params * tp.itemsize / 2**20
     basis = min(steps * tp.n_params * 4, mc.spectrum.basis_budget_mb * 2**20) / 2**20 if "spectrum" in want else 0
     h_mb = n * K * 8 / 2**20
-    stats_mb = 3 * mc.replicates * min(K, 1024) * 8 / 2**20 + 2 * h_mb
+    stats_mb = 3 * mc.hessian_entries.replicates * min(K, 1024) * 8 / 2**20 + 2 * h_mb
     tile_mb = tp.tile_fixed_mb + tp.tile_peak_mb * min(mc.example_chunk, n)
     graph_mb = graph_peak / 2**20 + (vec_mb if graph_peak else 0.0)
     copies = 2 * (3 + (k + 1 if ray else 0))

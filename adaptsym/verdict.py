@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .config import nest_legacy_keys
+
 PAPER = {"z_fraction": 0.95, "corr_relative": 3.39e-4}
 PAPER_REGIME = "vgg12 at full width (N = 9,664,704) on binarised CIFAR-10"
 
@@ -70,7 +72,8 @@ def judge(scalars: dict, config: dict, model_name: str, epoch: int) -> list[Verd
     z = _num(scalars, f"hessian_entries.{zkey}")
     lo, hi = (_num(scalars, f"hessian_entries.z_fraction{s}") for s in ("_ci_low", "_ci_high"))
     cut = _num(scalars, "hessian_entries.z_cut")
-    cut = cut if np.isfinite(cut) else float(config.get("measure", {}).get("z_cut", 0.15))
+    measure = nest_legacy_keys(config.get("measure", {}))[0]
+    cut = cut if np.isfinite(cut) else float(measure.get("hessian_entries", {}).get("z_cut", 0.15))
     if not np.isfinite(z):
         face, why = "untested", "no entry varies over the pool (H = 0 here)"
     elif not np.isfinite(lo):

@@ -153,8 +153,8 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
 
         def work(tag):
             return EntryWork(store_path=str(store.path), group=f"{tag}/hessian_entries",
-                             design=make_design(mcfg.design, model.index, cfg.seed), mcfg=mcfg,
-                             s=mcfg.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                             design=make_design(mcfg.hessian_entries.design, model.index, cfg.seed), mcfg=mcfg,
+                             s=mcfg.hessian_entries.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
                              model_spec=cfg.models[model_name].model_dump(mode="json"), input_shape=data.input_shape,
                              weights=[w.detach() for w in model.params()], x=x, y=y)
 
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
            "B": args.replicates, "s": args.s, "models": {}}
     for name in args.models or cfg.model_names():
         model = BiasFreeNet(cfg.models[name], data.input_shape, seed=cfg.seed, dtype=x.dtype).to(device)
-        out["models"][name] = bench_model(model, x, y, args.cols, args.rows, mcfg.example_chunk, mcfg.column_chunk,
+        out["models"][name] = bench_model(model, x, y, args.cols, args.rows, mcfg.example_chunk, mcfg.hessian_entries.column_chunk,
                                           args.boot_cols, args.replicates, args.s, args.repeats)
     if args.vgg12:
         # full width on CIFAR-shaped random data (all examples active: the costliest case); sized

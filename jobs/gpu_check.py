@@ -40,8 +40,10 @@ def small_config(smoke: bool, device: str):
         cfg.models = {"vgg12": cfg.models["vgg12"].model_copy(update={"width_multiplier": 1 / 16})}
         cfg.data = cfg.data.model_copy(update={"patches": cfg.data.patches.model_copy(update={"n_samples": 96})})
         cfg.measure = cfg.measure.model_copy(update={
-            "pool_size": 16, "minibatch": 8, "replicates": 50, "example_chunk": 8,
-            "design": cfg.measure.design.model_copy(update={"rows": 32, "cols": 2}),
+            "pool_size": 16, "example_chunk": 8,
+            "hessian_entries": cfg.measure.hessian_entries.model_copy(update={
+                "minibatch": 8, "replicates": 50,
+                "design": cfg.measure.hessian_entries.design.model_copy(update={"rows": 32, "cols": 2})}),
             "spectrum": cfg.measure.spectrum.model_copy(update={"steps": 4}),
             "circuits": cfg.measure.circuits.model_copy(update={"examples": 2, "paths": 16})})
     else:

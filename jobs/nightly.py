@@ -126,14 +126,15 @@ def identity_checks(run_dir: Path, cfg, epoch: int) -> list:
     g = f"epoch_{epoch:04d}/hessian_entries"
     h, p, q = store.read(g, "h"), store.read(g, "p"), store.read(g, "q")
     lp, lq, valid = store.read(g, "layer_p"), store.read(g, "layer_q"), store.read(g, "valid")
-    s = mc.minibatch or cfg.train.batch_size
+    he = mc.hessian_entries
+    s = he.minibatch or cfg.train.batch_size
     checks = ids.hessian_structure(op, rng) + [ids.homogeneity(op), ids.entries_vs_autograd(model, x, y, h, p, q, rng)]
     if valid.sum() >= 2:
         checks += ids.bootstrap_scaling(h[:, valid], s, rng)
-        if mc.nonzero == "fdr":
-            checks.append(ids.decisions_recomputed(h[:, valid], store.read(g, "corr_count")[valid], mc.fdr_q,
-                                                   mc.pvalue, mc.fdr))
-    if mc.design.kind == "block" and mc.design.stratify:
+        if he.nonzero == "fdr":
+            checks.append(ids.decisions_recomputed(h[:, valid], store.read(g, "corr_count")[valid], he.fdr_q,
+                                                   he.pvalue, he.fdr))
+    if he.design.kind == "block" and he.design.stratify:
         checks.append(ids.design_coverage(lp, lq, model.n_layers))
     return checks
 

@@ -127,14 +127,15 @@ def test_changed_measure_config_is_refused_naming_the_fields(run):
     cfg, run_dir = run
     before = snapshot(run_dir)
     changed = cfg.model_copy(deep=True)
-    changed.measure.replicates = cfg.measure.replicates - 50
-    with pytest.raises(MeasureConflictError, match=rf"(?s)epoch_0000: replicates: {cfg.measure.replicates} -> "
-                                                   rf"{cfg.measure.replicates - 50}.*--overwrite"):
+    b = cfg.measure.hessian_entries.replicates
+    changed.measure.hessian_entries.replicates = b - 50
+    with pytest.raises(MeasureConflictError,
+                       match=rf"(?s)epoch_0000: hessian_entries.replicates: {b} -> {b - 50}.*--overwrite"):
         measure_run(run_dir, cfg=changed, progress=False)
     assert snapshot(run_dir) == before
     res = measure_run(run_dir, cfg=changed, epochs=[0], progress=False, overwrite=True)
-    assert RunStore.for_run(run_dir, mode="r").attrs("epoch_0000")["measure_config"]["replicates"] == \
-        cfg.measure.replicates - 50 and res.epochs == [0]
+    assert RunStore.for_run(run_dir, mode="r").attrs("epoch_0000")["measure_config"]["hessian_entries"]["replicates"] \
+        == b - 50 and res.epochs == [0]
 
 
 def test_missing_checkpoint_is_named_and_training_recreates_it_bit_for_bit(run):

@@ -140,9 +140,10 @@ def test_scale_sweep_fits_an_exponent_over_four_sizes(tmp_path, capsys):
            "data": {"name": "teacher", "teacher": {"n_samples": 800, "input_dim": 8, "hidden": [8]}},
            "models": {f"w{w}": {"kind": "mlp", "hidden": [w, w]} for w in (4, 8, 16, 32)},
            "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "checkpoints": [0, 2]},
-           "measure": {"pool_size": 512, "minibatch": 16, "replicates": 200, "observables": ["hessian_entries"],
-                       "design": {"kind": "block", "rows": 16, "cols": 8}, "tuples_per_entry": 16,
-                       "uncertainty_resamples": 30, "mardia_sets": 0}}
+           "measure": {"pool_size": 512, "observables": ["hessian_entries"],
+                       "hessian_entries": {"minibatch": 16, "replicates": 200, "tuples_per_entry": 16,
+                                           "design": {"kind": "block", "rows": 16, "cols": 8},
+                                           "uncertainty_resamples": 30, "mardia_sets": 0}}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert sweep(["--config", str(path), "--out", str(tmp_path), "--quiet"]) == 0

@@ -80,7 +80,7 @@ def test_stored_counts_equal_the_in_memory_references(trained):
     g = "epoch_0000/hessian_entries"
     h, valid = store.read(g, "h"), store.read(g, "valid")
     assert valid.sum() > 20
-    mc = cfg.measure
+    mc = cfg.measure.hessian_entries
     ref = coupling_counts(standardise(h[:, valid]), q=mc.fdr_q, block=7, pvalue=mc.pvalue, fdr=mc.fdr)
     np.testing.assert_array_equal(store.read(g, "corr_count")[valid], ref.counts)
     s = mc.minibatch
@@ -144,7 +144,7 @@ def _rejected_without_touching_results(run_dir, cfg, bad, error, match):
 def test_design_larger_than_network(trained):
     cfg, run_dir = trained
     bad = cfg.model_copy(deep=True)
-    bad.measure.design.rows = 10_000
+    bad.measure.hessian_entries.design.rows = 10_000
     _rejected_without_touching_results(run_dir, cfg, bad, DesignError, "only 224 parameters")
 
 
@@ -153,7 +153,7 @@ def test_pool_smaller_than_minibatch(trained):
 
     cfg, run_dir = trained
     bad = cfg.model_copy(deep=True)
-    bad.measure.minibatch = 500
+    bad.measure.hessian_entries.minibatch = 500
     _rejected_without_touching_results(run_dir, cfg, bad, ConfigError, "minibatch size s=500 exceeds the pool size")
 
 

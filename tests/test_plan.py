@@ -14,7 +14,9 @@ def small_demo():
     cfg.models = {"cnn": cfg.models["cnn"]}
     cfg.train = cfg.train.model_copy(update={"epochs": 2, "checkpoints": [0, 2]})
     cfg.measure = cfg.measure.model_copy(update={
-        "pool_size": 256, "replicates": 300, "design": cfg.measure.design.model_copy(update={"rows": 48, "cols": 16}),
+        "pool_size": 256,
+        "hessian_entries": cfg.measure.hessian_entries.model_copy(update={
+            "replicates": 300, "design": cfg.measure.hessian_entries.design.model_copy(update={"rows": 48, "cols": 16})}),
         "spectrum": cfg.measure.spectrum.model_copy(update={"starts": 2, "steps": 30})})
     return cfg
 

@@ -17,11 +17,12 @@ def tiny_config(epochs=3, checkpoints=(0, 1, 3), name="tiny"):
         "data": {"name": "teacher", "teacher": {"n_samples": 300, "input_dim": 10, "hidden": [8]}},
         "models": {"mlp": {"kind": "mlp", "hidden": [12, 8]}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "checkpoints": list(checkpoints)},
-        "measure": {"pool_size": 64, "minibatch": 16, "replicates": 200,
-                    "design": {"kind": "block", "rows": 12, "cols": 6}, "tuples_per_entry": 8,
-                    "uncertainty_resamples": 20, "mardia_sets": 2, "mardia_dim": 3,
-                    "spectrum": {"starts": 2, "steps": 8}, "circuits": {"examples": 4, "paths": 32},
-                    "example_chunk": 32, "column_chunk": 2, "corr_block": 16},
+        "measure": {"pool_size": 64, "example_chunk": 32,
+                    "hessian_entries": {"minibatch": 16, "replicates": 200,
+                                        "design": {"kind": "block", "rows": 12, "cols": 6}, "tuples_per_entry": 8,
+                                        "uncertainty_resamples": 20, "mardia_sets": 2, "mardia_dim": 3,
+                                        "column_chunk": 2, "corr_block": 16},
+                    "spectrum": {"starts": 2, "steps": 8}, "circuits": {"examples": 4, "paths": 32}},
     })
 
 
