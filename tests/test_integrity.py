@@ -146,7 +146,7 @@ def test_missing_checkpoint_is_named_and_training_recreates_it_bit_for_bit(run):
     said = []
     measure_run(run_dir, cfg=cfg, progress=False, log=said.append)
     assert any("scheduled checkpoints [1]" in s for s in said)
-    assert verify_run(run_dir)[0] == [f"scheduled checkpoints [1] are missing; `adaptsym train` with the run's config "
+    assert verify_run(run_dir)[0] == ["scheduled checkpoints [1] are missing; `adaptsym train` with the run's config "
                                       "recreates them"]
     train(cfg, "mlp", run_dir.parent, progress=False)
     again = load_checkpoint(f)

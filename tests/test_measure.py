@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
 from adaptsym.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jobs.cli import main
-from adaptsym.config import parse_config
 from adaptsym.entries import DesignError
 from adaptsym.hessian_entries import NonFiniteEntryError
 from adaptsym.measure import measure_run
@@ -99,7 +97,7 @@ def test_stored_counts_equal_the_in_memory_references(trained):
 
 def test_rerun_skips_complete_and_resumes_unfinished_tiles(trained):
     cfg, run_dir = trained
-    first = measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
+    measure_run(run_dir, cfg=cfg, epochs=[1], progress=False)
     store = RunStore.for_run(run_dir)
     g = "epoch_0001/hessian_entries"
     before = store.read(g, "h")

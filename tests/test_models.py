@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from adaptsym.config import ModelSpec
-from adaptsym.indexing import ParamIndex
 from adaptsym.models import BiasFreeNet, flatten_params, unflatten_params
 
 
