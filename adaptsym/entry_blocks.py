@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -52,6 +53,87 @@ PER_ENTRY_INT = ("n_active",)
 
 def stream(seed: int, epoch: int, which: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xB007, which]))
+
+
+# ---------------------------------------------------------------- units of work and their results
+# Each method of `EntryBlocks` takes one task (a NamedTuple: it pickles, unpacks into the method's
+# arguments, and a tile task indexes the `tile_done` array) and returns one frozen result.
+
+
+class HTileTask(NamedTuple):
+    ei: int  # example chunk
+    ai: int  # entry chunk
+
+
+class EntryBlockTask(NamedTuple):
+    ai: int  # entry chunk
+
+
+class CorrTask(NamedTuple):
+    bi: int  # block of valid entries (rows)
+    bj: int  # block (columns), bj >= bi
+    ei: np.ndarray  # the entries of block bi
+    ej: np.ndarray
+
+
+class CorrDecisionTask(NamedTuple):
+    bi: int
+    bj: int
+    ei: np.ndarray
+    ej: np.ndarray
+    window: tuple[float, float]  # the streaming BH window of |T| (z_low, z_high)
+
+
+class ComomentTask(NamedTuple):
+    index: int  # block of tuples
+    tuples: np.ndarray  # (tuples, order) entry indices
+
+
+@dataclass(frozen=True)
+class HTileResult:
+    # (example, entry, value, count) of the first non-finite value; the tile is then not written
+    nonfinite: tuple[int, int, float, int] | None = None
+    max_structural: float = 0.0  # largest |h| among same-layer entries (exactly 0 for a correct HVP)
+
+
+@dataclass(frozen=True)
+class EntryBlockResult:
+    valid: np.ndarray  # (entries,) bool
+    z: np.ndarray  # mean / std of the valid entries
+    devs: dict  # scaling deviations of the valid entries, by moment
+    active: np.ndarray  # (n,) bool: examples with a non-zero entry in the block
+    resample: np.ndarray  # z-fraction counts, pool then resamples (see `z_resample_counts`)
+
+
+@dataclass(frozen=True)
+class ThresholdTileResult:
+    rows: np.ndarray  # per row entry: pairs with |rho| >= threshold
+    cols: np.ndarray
+    abs_sum: float  # sum of |rho| over the tile's pairs
+    m: int  # pairs in the tile
+
+
+@dataclass(frozen=True)
+class HistogramTileResult:
+    hist: np.ndarray  # histogram of |T| on StreamingBH's bins
+    abs_sum: float
+
+
+@dataclass(frozen=True)
+class DecisionTileResult:
+    rows: np.ndarray  # per row entry: pairs surely above the window
+    cols: np.ndarray
+    und_r: np.ndarray  # the pairs inside the window: row, column and |T|
+    und_c: np.ndarray
+    und_v: np.ndarray
+
+
+@dataclass(frozen=True)
+class ComomentTileResult:
+    value: np.ndarray  # per tuple: co-moment of the bootstrap replicates
+    pool: np.ndarray  # the same over the pool
+    tstat: np.ndarray  # studentised statistic of the non-zero test
+    active: np.ndarray  # bool: every member active on a shared example
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,10 +175,10 @@ class EntryWork:
     def entry_chunk(self) -> int:
         return min(self.design.entry_chunk(self.entries.column_chunk), self.design.n_entries)
 
-    def tiles(self) -> list[tuple[int, int]]:
+    def tiles(self) -> list[HTileTask]:
         ne = ceil_div(self.n, self.example_chunk)
         na = ceil_div(self.design.n_entries, self.entry_chunk)
-        return [(ei, ai) for ei in range(ne) for ai in range(na)]
+        return [HTileTask(ei, ai) for ei in range(ne) for ai in range(na)]
 
     def entry_range(self, ai: int) -> tuple[int, int]:
         return ai * self.entry_chunk, min((ai + 1) * self.entry_chunk, self.design.n_entries)
@@ -146,26 +228,22 @@ class EntryBlocks:
         return self._z[block_id]
 
     # ------------------------------------------------------------------ tiles
-    def h_tile(self, ei: int, ai: int) -> dict:
+    def h_tile(self, ei: int, ai: int) -> HTileResult:
         w = self.work
         model, x, y = self.model
         e0, e1 = ei * w.example_chunk, min((ei + 1) * w.example_chunk, w.n)
         a0, a1 = w.entry_range(ai)
         tile = design_tile(model.plan, model.params(), ParamIndex.from_weights(model.params()), w.design,
                            x[e0:e1], y[e0:e1], a0, a1)
-        out = {"nonfinite": None, "max_structural": 0.0}
         bad = ~np.isfinite(tile)
         if bad.any():
-            k, a = np.argwhere(bad)[0]
-            out["nonfinite"] = (int(e0 + k), int(a0 + a), float(tile[k, a]), int(bad.sum()))
-            return out  # nothing written: the tile stays unfinished
+            k, a = np.argwhere(bad)[0]  # nothing written: the tile stays unfinished
+            return HTileResult(nonfinite=(int(e0 + k), int(a0 + a), float(tile[k, a]), int(bad.sum())))
         sz = w.design.structural_zero[a0:a1]
-        if sz.any():
-            out["max_structural"] = float(np.abs(tile[:, sz]).max())
         self.group["h"][e0:e1, a0:a1] = tile
-        return out
+        return HTileResult(max_structural=float(np.abs(tile[:, sz]).max()) if sz.any() else 0.0)
 
-    def entry_block(self, ai: int) -> dict:
+    def entry_block(self, ai: int) -> EntryBlockResult:
         w = self.work
         a0, a1 = w.entry_range(ai)
         hb = checked(self.work.store_path, self.group["h"], (slice(None), slice(a0, a1)))
@@ -191,27 +269,27 @@ class EntryBlocks:
         for stat, (lo, hi) in moment_intervals(hb, w.s, idx).items():
             self.group[f"{stat}_ci_low"][a0:a1] = np.where(valid, lo, np.nan)
             self.group[f"{stat}_ci_high"][a0:a1] = np.where(valid, hi, np.nan)
-        return {"valid": valid, "z": z[valid], "devs": devs, "active": np.any(hb != 0, axis=1), "resample": res}
+        return EntryBlockResult(valid=valid, z=z[valid], devs=devs, active=np.any(hb != 0, axis=1), resample=res)
 
     def _corr(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray):
         R, T = product_t(self._zblock(bi, ei), self._zblock(bj, ej))
         return R, T, pair_mask(R.shape, bi == bj)
 
-    def corr_threshold_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> dict:
+    def corr_threshold_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> ThresholdTileResult:
         """The fixed-threshold rule: per-row and per-column counts of |rho| >= threshold."""
         R, _, mask = self._corr(bi, bj, ei, ej)
         hit = mask & (np.abs(R) >= self.work.entries.threshold)
-        return {"rows": hit.sum(axis=1), "cols": hit.sum(axis=0), "abs_sum": float(np.abs(R[mask]).sum()),
-                "m": int(mask.sum())}
+        return ThresholdTileResult(rows=hit.sum(axis=1), cols=hit.sum(axis=0), abs_sum=float(np.abs(R[mask]).sum()),
+                                   m=int(mask.sum()))
 
-    def corr_histogram_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> dict:
+    def corr_histogram_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray) -> HistogramTileResult:
         """FDR pass 1: the histogram of |T| of the tile's pairs (for the streaming BH window)."""
         R, T, mask = self._corr(bi, bj, ei, ej)
-        return {"hist": StreamingBH(self.work.entries.fdr_q).histogram(np.abs(T[mask])),
-                "abs_sum": float(np.abs(R[mask]).sum())}
+        return HistogramTileResult(hist=StreamingBH(self.work.entries.fdr_q).histogram(np.abs(T[mask])),
+                                   abs_sum=float(np.abs(R[mask]).sum()))
 
     def corr_decision_tile(self, bi: int, bj: int, ei: np.ndarray, ej: np.ndarray,
-                           window: tuple[float, float]) -> dict:
+                           window: tuple[float, float]) -> DecisionTileResult:
         """FDR pass 2: pairs surely above the window (counted) and those inside it (returned)."""
         _, T, mask = self._corr(bi, bj, ei, ej)
         az = np.where(mask, np.abs(T), -1.0)
@@ -219,9 +297,9 @@ class EntryBlocks:
         sure = mask & (az >= z_high)
         und = mask & (az >= z_low) & ~sure
         r, c = np.nonzero(und)
-        return {"rows": sure.sum(axis=1), "cols": sure.sum(axis=0), "und_r": r, "und_c": c, "und_v": az[r, c]}
+        return DecisionTileResult(rows=sure.sum(axis=1), cols=sure.sum(axis=0), und_r=r, und_c=c, und_v=az[r, c])
 
-    def comoment_tile(self, index: int, tuples: np.ndarray) -> dict:
+    def comoment_tile(self, index: int, tuples: np.ndarray) -> ComomentTileResult:
         """Statistics of block `index` of tuples of *entry* indices (order 3 or 4)."""
         u, local = np.unique(tuples, return_inverse=True)
         missing = [e for e in u if e not in self._cols]
@@ -237,10 +315,10 @@ class EntryBlocks:
         Zx, Zh, act = (np.stack([self._cols[e][i] for e in u], axis=1) for i in range(3))
         tup = local.reshape(tuples.shape)
         value, pool, tstat = tuple_statistics(Zx, Zh, tup)
-        return {"value": value, "pool": pool, "tstat": tstat, "active": tuple_active(act, tup)}
+        return ComomentTileResult(value=value, pool=pool, tstat=tstat, active=tuple_active(act, tup))
 
     # ------------------------------------------------------------------ dispatch
-    def call(self, method: str, task: tuple) -> dict:
+    def call(self, method: str, task: tuple):
         """Run one unit of work named by `method` (one of METHODS) on the arguments `task`."""
         try:
             fn = _METHODS[method]

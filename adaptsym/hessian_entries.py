@@ -26,7 +26,7 @@ from .comoments import decide, sample_tuples
 from .correlation import standardise
 from .coupling import coupling_summary
 from .entry_blocks import (PER_ENTRY, PER_ENTRY_CI, PER_ENTRY_INT, STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
-                           EntryBlocks, EntryWork, stream)
+                           ComomentTask, CorrDecisionTask, CorrTask, EntryBlocks, EntryBlockTask, EntryWork, stream)
 from .entry_stats import Z_BATCHES, fraction_interval, fraction_std, summarise_deviations, z_fraction
 from .config import HessianEntriesSpec
 from .errors import TileError, UserFacingError
@@ -81,14 +81,14 @@ def compute_h(store, work: EntryWork, executor: Executor, progress: bool = False
     pending = [t for t in work.tiles() if not done[t]]
 
     def on_result(task, res):
-        if res["nonfinite"] is not None:
-            k, a, v, cnt = res["nonfinite"]
+        if res.nonfinite is not None:
+            k, a, v, cnt = res.nonfinite
             d = work.design
             raise NonFiniteEntryError(
                 f"checkpoint epoch {work.epoch}: Hessian entry {a} (p={d.p[a]}, q={d.q[a]}, layers {d.layer_p[a]},"
                 f"{d.layer_q[a]}) is {v} for pool example {k} ({cnt} non-finite values in its tile {task}); "
                 "the checkpoint is not marked complete")
-        if res["max_structural"] != 0.0:
+        if res.max_structural != 0.0:
             raise AssertionError(f"checkpoint epoch {work.epoch}: same-layer Hessian entries are not exactly zero "
                                  f"in tile {task}; the HVP is wrong")
         done_arr[task] = 1  # only after the worker wrote the chunk
@@ -104,9 +104,9 @@ def analyse(store, work: EntryWork, executor: Executor, n_params: int, progress:
     d = work.design
     obs = Observation(NAME)
     order = _entry_blocks(work, executor, progress)
-    valid = np.concatenate([b["valid"] for b in order])
+    valid = np.concatenate([b.valid for b in order])
     vidx = np.nonzero(valid)[0]
-    active = np.any(np.stack([b["active"] for b in order]), axis=0)
+    active = np.any(np.stack([b.active for b in order]), axis=0)
     obs.scalars.update(n_entries=d.n_entries, n_valid=int(valid.sum()), n_structural_zero=int(d.structural_zero.sum()),
                        n_degenerate=int((~valid & ~d.structural_zero).sum()), pool_size=work.n, minibatch=work.s,
                        replicates=work.entries.replicates, n_params=n_params, n_active_examples=int(active.sum()))
@@ -127,7 +127,7 @@ def _entry_blocks(work: EntryWork, executor: Executor, progress: bool) -> list[d
     """Phase 2: every entry block's results, in block order."""
     na = ceil_div(work.design.n_entries, work.entry_chunk)
     blocks: dict = {}
-    executor.run(work, "entry_block", [(ai,) for ai in range(na)], lambda t, r: blocks.__setitem__(t[0], r),
+    executor.run(work, "entry_block", [EntryBlockTask(ai) for ai in range(na)], lambda t, r: blocks.__setitem__(t.ai, r),
                  desc="entry blocks", progress=progress)
     return [blocks[ai] for ai in range(na)]
 
@@ -136,9 +136,9 @@ def _z_fractions(obs: Observation, order: list[dict], cut: float) -> None:
     """Fig 7b: the |z| < cut fraction with its interval, at the minibatch size and at other batch
     sizes (s = 1: per example), and the scaling check's summary."""
     sc = obs.scalars
-    z = np.concatenate([b["z"] for b in order])
+    z = np.concatenate([b.z for b in order])
     sc["z_fraction"] = z_fraction(z, cut)
-    counts = np.sum([b["resample"] for b in order], axis=0)  # (1 + R, 1 + len(Z_BATCHES) + 1)
+    counts = np.sum([b.resample for b in order], axis=0)  # (1 + R, 1 + len(Z_BATCHES) + 1)
     whole, res = counts[0], counts[1:]  # the pool itself, then its resamples
     exact = lambda c: float(whole[c] / whole[-1]) if whole[-1] else float("nan")  # noqa: E731
     sc["z_fraction_std"] = fraction_std(res)
@@ -158,7 +158,7 @@ def _z_fractions(obs: Observation, order: list[dict], cut: float) -> None:
     sc["z_fraction_per_example"] = by_s[0]
     sc["z_fraction_per_example_ci_low"] = sc["z_fraction_s1_ci_low"]
     sc["z_fraction_per_example_ci_high"] = sc["z_fraction_s1_ci_high"]
-    devs = {key: np.concatenate([b["devs"][key] for b in order]) for key in ("mean", "std", "skew", "exkurt")}
+    devs = {key: np.concatenate([b.devs[key] for b in order]) for key in ("mean", "std", "skew", "exkurt")}
     sc.update({f"scaling.{k}": v for k, v in summarise_deviations(devs).items()})
 
 
@@ -204,10 +204,10 @@ def _couplings(obs: Observation, work: EntryWork, executor: Executor, vidx: np.n
         tup = vidx[sample_tuples(vidx.size, per, order_, rng_t)]
         parts: dict = {}
         step = 32 * per  # small tasks balance the actors; workers cache the columns they read
-        tasks = [(k, tup[i : i + step]) for k, i in enumerate(range(0, len(tup), step))]
-        executor.run(work, "comoment_tile", tasks, lambda t, r: parts.__setitem__(t[0], r),
+        tasks = [ComomentTask(k, tup[i : i + step]) for k, i in enumerate(range(0, len(tup), step))]
+        executor.run(work, "comoment_tile", tasks, lambda t, r: parts.__setitem__(t.index, r),
                      desc=name, progress=progress)
-        get = lambda key: np.concatenate([parts[k][key] for k in range(len(tasks))])  # noqa: E731
+        get = lambda key: np.concatenate([getattr(parts[k], key) for k in range(len(tasks))])  # noqa: E731
         value, tstat = get("value"), get("tstat")
         nonzero = decide(value, tstat, mc.nonzero, mc.fdr_q, mc.threshold, mc.pvalue, mc.fdr)
         per_entry = nonzero.reshape(vidx.size, per).sum(axis=1)
@@ -270,40 +270,40 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
     results: dict = {}
 
     def collect(task, res):
-        results[(task[0], task[1])] = res
+        results[(task.bi, task.bj)] = res
 
     def add_rows(task_res):
         for (bi, bj), r in sorted(task_res.items()):
-            counts[offs[bi] : offs[bi] + len(blocks[bi])] += r["rows"]
-            counts[offs[bj] : offs[bj] + len(blocks[bj])] += r["cols"]
+            counts[offs[bi] : offs[bi] + len(blocks[bi])] += r.rows
+            counts[offs[bj] : offs[bj] + len(blocks[bj])] += r.cols
 
     m_tests = vidx.size * (vidx.size - 1) // 2
     if mc.nonzero == "threshold":
-        executor.run(work, "corr_threshold_tile", [(bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
+        executor.run(work, "corr_threshold_tile", [CorrTask(bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
                      desc="correlations", progress=progress)
         add_rows(results)
-        abs_sum = sum(r["abs_sum"] for _, r in sorted(results.items()))
+        abs_sum = sum(r.abs_sum for _, r in sorted(results.items()))
         threshold = mc.threshold
     else:
         bh = StreamingBH(mc.fdr_q, pvalue=mc.pvalue, method=mc.fdr)
-        executor.run(work, "corr_histogram_tile", [(bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
+        executor.run(work, "corr_histogram_tile", [CorrTask(bi, bj, blocks[bi], blocks[bj]) for bi, bj in pairs], collect,
                      desc="correlations (pass 1)", progress=progress)
         for _, r in sorted(results.items()):
-            bh.hist += r["hist"]
-        abs_sum = sum(r["abs_sum"] for _, r in sorted(results.items()))
+            bh.hist += r.hist
+        abs_sum = sum(r.abs_sum for _, r in sorted(results.items()))
         bh.plan()
         results = {}
-        executor.run(work, "corr_decision_tile", [(bi, bj, blocks[bi], blocks[bj], (bh.z_low, bh.z_high))
+        executor.run(work, "corr_decision_tile", [CorrDecisionTask(bi, bj, blocks[bi], blocks[bj], (bh.z_low, bh.z_high))
                                                   for bi, bj in pairs], collect, desc="correlations (pass 2)",
                      progress=progress)
         add_rows(results)
         for _, r in sorted(results.items()):
-            bh.keep(r["und_v"])
+            bh.keep(r.und_v)
         threshold = bh.resolve()
         for (bi, bj), r in sorted(results.items()):
-            hit = r["und_v"] >= threshold
-            np.add.at(counts, offs[bi] + r["und_r"][hit], 1)
-            np.add.at(counts, offs[bj] + r["und_c"][hit], 1)
+            hit = r.und_v >= threshold
+            np.add.at(counts, offs[bi] + r.und_r[hit], 1)
+            np.add.at(counts, offs[bj] + r.und_c[hit], 1)
     sc.update(corr_n_tests=m_tests, corr_n_nonzero=int(counts.sum() // 2), corr_threshold=float(threshold),
               corr_mean_abs=abs_sum / max(m_tests, 1))
     return counts

@@ -43,9 +43,10 @@ class CurvatureOperator(Protocol):
 class Executor(Protocol):
     name: str
 
-    def run(self, work: "EntryWork", method: str, tasks: Sequence[tuple], on_result: Callable[[tuple, dict], None],
+    def run(self, work: "EntryWork", method: str, tasks: Sequence[tuple], on_result: Callable[[tuple, object], None],
             desc: str | None = None, progress: bool = False) -> None:
-        """Run `EntryBlocks.<method>(*task)` for every task; `on_result(task, result)` in the driver."""
+        """Run `EntryBlocks.<method>(*task)` for every task (an `entry_blocks` task NamedTuple); the
+        driver gets `on_result(task, result)` with the method's frozen result."""
         ...
 
     def pool_hessian(self, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,
