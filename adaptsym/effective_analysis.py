@@ -11,11 +11,16 @@ the full model's energy E(s)/N (`references` from each, seeded). A part's refere
 reference configuration's weights in that part.
 
 Written to `effective/<scenario>/<part>/` in the run's zarr store:
-    J (weight, weight_b), h, m_data, C_data, m_model, C_model, delta (step)
+    J (weight, weight_b), h, m_data, C_data, m_model, C_model, delta (step), delta_bp (bp_step)
     energy_density (configuration)            full part only: E(s)/N of every configuration
     x (x), d / q / entropy / free_energy / energy / converged / residual
         (reference, direction, x): direction 0 sweeps x from +x_max down, 1 back up
 with the fit's `steps`, `converged`, `delta`, `rank_deficient` and the references in attributes.
+
+Fit (`fit.moments`): Boltzmann learning on BP moments (`delta_bp` its Delta per step); with
+`gibbs`, then persistent-contrastive-divergence steps from the BP fit on Gibbs-sampled moments
+(`adaptsym.gibbs`), and `delta` ends with the Delta of a long sampled estimate, whose sampling
+noise is `delta_noise`. With `bp`, `delta` is `delta_bp`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 
 from .effective_model import boltzmann_learning, data_moments, s_upper, sweep
 from .ensemble import EffectiveConfig
+from .gibbs import pcd_learning
 from .store import RunStore
 
 ENERGY_CLASSES = ("low", "medium", "high")
@@ -66,18 +72,27 @@ def fit_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, co
     fit = boltzmann_learning(m, C, eta=f.eta, target=f.target, max_steps=f.max_steps, damping=f.damping,
                              bp_tol=f.bp_tol, bp_max_iter=f.bp_max_iter,
                              on_step=None if log is None else (lambda i, d, r: log(i, d)))
+    bp_fit = fit
+    if f.moments == "gibbs":  # refine the BP fit on sampled moments; its steps continue the step count
+        gs, first = f.gibbs, bp_fit.steps
+        fit = pcd_learning(m, C, configs, J0=bp_fit.J, h0=bp_fit.h, chains=gs.chains, eta=gs.eta, decay=gs.decay,
+                           steps=gs.steps, eval_sweeps=gs.eval_sweeps, target=f.target, seed=cfg.seed,
+                           on_step=None if log is None else (lambda i, d, r: log(first + i, d)))
     g = group(scenario, part)
     store.reset_group(g)
     n = m.shape[0]
     for name, arr, dims in (("J", fit.J, ("weight", "weight_b")), ("h", fit.h, ("weight",)),
                             ("m_data", m, ("weight",)), ("C_data", C, ("weight", "weight_b")),
                             ("m_model", fit.m_model, ("weight",)), ("C_model", fit.C_model, ("weight", "weight_b")),
-                            ("delta", np.array(fit.deltas), ("step",))):
+                            ("delta", np.array(fit.deltas), ("step",)), ("delta_bp", np.array(bp_fit.deltas), ("bp_step",))):
         store.write(g, name, arr, dims)
     k = configs.shape[0]
-    summary = {"n_weights": n, "configurations": k, "steps": fit.steps - 1, "delta": fit.deltas[-1],
-               "converged": bool(fit.converged), "target": f.target, "bp_iterations_last": fit.bp_iterations[-1],
-               "rank_deficient": bool(k <= n)}
+    summary = {"n_weights": n, "configurations": k, "moments": f.moments, "steps": bp_fit.steps - 1,
+               "delta_bp": bp_fit.deltas[-1], "delta": fit.deltas[-1], "converged": bool(fit.converged),
+               "target": f.target, "bp_iterations_last": bp_fit.bp_iterations[-1], "rank_deficient": bool(k <= n)}
+    if f.moments == "gibbs":
+        # the reported Delta is of sampled moments: its sampling noise adds in quadrature (`gibbs`)
+        summary.update(gibbs_steps=f.gibbs.steps, delta_noise=fit.noise, samples=f.gibbs.chains * f.gibbs.eval_sweeps)
     store.set_attrs(summary, group=g)
     return {"fit": fit, **summary}
 

@@ -195,6 +195,7 @@ class FitResult:
     bp_iterations: list[int]
     converged: bool  # Delta < target
     messages: np.ndarray | None = field(default=None, repr=False)
+    noise: float | None = None  # sampled moments (`gibbs`): the sampling noise in the last Delta
 
     @property
     def steps(self) -> int:

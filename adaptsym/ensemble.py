@@ -85,7 +85,21 @@ class CollectSpec(_Strict):
     max_failed_tasks: int = Field(default=10, gt=0)
 
 
+class GibbsSpec(_Strict):
+    """Boltzmann learning on Gibbs-sampled moments (`adaptsym.gibbs`), after the BP fit."""
+
+    chains: int = Field(default=4000, gt=1)  # persistent chains, started from ensemble configurations
+    steps: int = Field(default=300, gt=0)  # learning steps, one sweep each
+    eta: float = Field(default=0.05, gt=0)  # rate eta / (1 + step / decay)
+    decay: float = Field(default=100.0, gt=0)
+    eval_sweeps: int = Field(default=20, gt=1)  # sweeps averaged for the reported Delta
+
+
 class FitSpec(_Strict):
+    # Model moments: 'bp' (belief propagation: fast, biased on dense loopy models, so the fit can stall
+    # above the target) or 'gibbs' (the BP fit, then Boltzmann learning on Gibbs-sampled moments)
+    moments: Literal["bp", "gibbs"] = "bp"
+    gibbs: GibbsSpec = Field(default_factory=GibbsSpec)
     eta: float = Field(default=0.5, gt=0)  # Boltzmann learning rate
     target: float = Field(default=0.01, gt=0)  # stop at Delta < target (eq. 6)
     max_steps: int = Field(default=300, gt=0)
