@@ -32,8 +32,10 @@ from .store import RunStore  # noqa: E402
 from .errors import UserFacingError
 
 PART_ORDER = ("full", "LB", "ITR", "RB")
-COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("steps", "fit steps"),
-           ("delta", "Delta"), ("converged", "Delta < target"), ("rank_deficient", "rank-deficient"),
+COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("moments", "model moments"),
+           ("steps", "BP fit steps"), ("delta_bp", "Delta (BP)"), ("gibbs_steps", "Gibbs fit steps"),
+           ("delta", "Delta"), ("delta_noise", "sampling noise of Delta"), ("converged", "Delta < target"),
+           ("rank_deficient", "rank-deficient"),
            ("entropy_over_bound_mean", "mean s/s_ub"), ("entropy_excess_max", "max s - s_ub"),
            ("hysteresis_max_gap", "max |d_down - d_up|"), ("max_d_jump", "max jump of d"),
            ("nonconverged_points", "BP not converged"), ("seconds", "seconds"))
@@ -178,7 +180,7 @@ def write_report(store: RunStore, run_dir: Path) -> Path:
                 notes.append(f"{p}: {a['configurations']} configurations for {a['n_weights']} weights: the measured "
                              "correlation matrix is rank-deficient, and the fitted couplings are not determined by it")
             if not a.get("converged"):
-                notes.append(f"{p}: Delta = {a['delta']:.4f} after {a['steps']} steps has not reached the target "
+                notes.append(f"{p}: Delta = {a['delta']:.4f} ({a.get('moments', 'bp')} moments) has not reached the target "
                              f"{a['target']}; its landscape describes that model, not a fit of the ensemble")
         body.append("<table border=1 cellspacing=0 cellpadding=3>" + "".join(rows) + "</table>")
         if notes:

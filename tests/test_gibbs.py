@@ -54,3 +54,31 @@ def test_persistent_contrastive_divergence_fits_data_of_a_known_model():
     start = fit_error(m, C, np.tanh(np.arctanh(m)), np.outer(m, m) + np.diag(1 - m ** 2))
     assert fit.deltas[-1] < start / 3
     assert np.abs(fit.J - J).max() < 0.1  # 20000 samples of 8 spins pin J to a few hundredths
+
+
+def test_fit_part_refines_the_bp_fit_on_sampled_moments(tmp_path):
+    """`fit.moments: gibbs` on an ensemble drawn from a strongly coupled model, where BP's moments
+    are biased: the stored BP history, then Gibbs steps that end below BP's Delta, and the log
+    sees every step of both."""
+    from adaptsym.effective_analysis import fit_part
+    from adaptsym.ensemble import EffectiveConfig
+    from adaptsym.store import RunStore
+
+    J, h = _model(12, 0.3, 7)
+    x = exact_samples(J, h, 8000, np.random.default_rng(4))
+    cfg = EffectiveConfig.model_validate({"scenarios": {"under": {"configurations": 8000}},
+                                          "fit": {"moments": "gibbs", "max_steps": 60,
+                                                  "gibbs": {"chains": 4000, "steps": 200, "eta": 0.1,
+                                                            "eval_sweeps": 30}}})
+    store = RunStore(tmp_path / "r.zarr")
+    seen = []
+    res = fit_part(store, cfg, "under", "full", x, log=lambda i, d: seen.append(i))
+    g = "effective/under/full"
+    bp = store.read(g, "delta_bp")
+    assert res["moments"] == "gibbs" and res["delta_bp"] == bp[-1] and res["gibbs_steps"] == 200
+    assert bp[-1] > 0.1  # BP's moments are far off on this model
+    assert res["delta"] < bp[-1] / 4 and res["delta"] < 0.025 and 0 < res["delta_noise"] < 0.01
+    assert seen == list(range(len(bp) + 200))
+    exact_fit = exact_moments(store.read(g, "J"), store.read(g, "h"))
+    m, C = data_moments(x)
+    assert fit_error(m, C, exact_fit.m, exact_fit.C) < 0.02  # the stored model itself fits
