@@ -51,7 +51,8 @@ def figure(path: Path, n: np.ndarray, rows: dict, fits: dict) -> None:
     if "exponent" in f:
         grid = np.geomspace(n.min(), n.max(), 50)
         a1.plot(grid, np.exp(f["log_prefactor"]) * grid ** f["exponent"], "--",
-                label=f"fit: N^({f['exponent']:.2f} +- {f['exponent_std']:.2f})")
+                label=f"fit: N^({f['exponent']:.2f}), 95% interval [{f['exponent_ci_low']:.2f}, "
+                      f"{f['exponent_ci_high']:.2f}]")
     untestable = n[rows["corr_untestable"] > 0]
     for size in untestable:
         a1.axvline(size, color="grey", ls=":", lw=1)

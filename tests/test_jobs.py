@@ -155,6 +155,7 @@ def test_scale_sweep_fits_an_exponent_over_four_sizes(tmp_path, capsys):
     fit = store.attrs()["fits"]["corr_absolute"]
     detected = int(np.sum(store.read("sizes", "corr_relative") > 0))  # a size may find nothing
     assert fit["points"] == detected >= 3 and np.isfinite(fit["exponent"]) and fit["exponent_std"] > 0
+    assert fit["exponent_ci_low"] < fit["exponent"] < fit["exponent_ci_high"] and fit["ci_level"] == 0.95
     # the pool keeps enough examples active for the correlation test to have power at every size
     assert np.all(store.read("sizes", "corr_untestable") == 0) and np.all(store.read("sizes", "n_active") >= 100)
     n = store.read("sizes", "n_params")
