@@ -76,7 +76,7 @@ def fit_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, co
     if f.moments == "gibbs":  # refine the BP fit on sampled moments; its steps continue the step count
         gs, first = f.gibbs, bp_fit.steps
         fit = pcd_learning(m, C, configs, J0=bp_fit.J, h0=bp_fit.h, chains=gs.chains, eta=gs.eta, decay=gs.decay,
-                           steps=gs.steps, eval_sweeps=gs.eval_sweeps, target=f.target, seed=cfg.seed,
+                           steps=gs.steps, eval_sweeps=gs.eval_sweeps, target=f.target, average=gs.average, seed=cfg.seed,
                            on_step=None if log is None else (lambda i, d, r: log(first + i, d)))
     g = group(scenario, part)
     store.reset_group(g)

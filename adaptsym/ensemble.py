@@ -89,10 +89,11 @@ class GibbsSpec(_Strict):
     """Boltzmann learning on Gibbs-sampled moments (`adaptsym.gibbs`), after the BP fit."""
 
     chains: int = Field(default=4000, gt=1)  # persistent chains, started from ensemble configurations
-    steps: int = Field(default=300, gt=0)  # learning steps, one sweep each
+    steps: int = Field(default=400, gt=0)  # learning steps, one sweep each
     eta: float = Field(default=0.05, gt=0)  # rate eta / (1 + step / decay)
     decay: float = Field(default=100.0, gt=0)
-    eval_sweeps: int = Field(default=20, gt=1)  # sweeps averaged for the reported Delta
+    average: float = Field(default=0.5, ge=0, lt=1)  # the model: mean parameters over this last fraction of steps
+    eval_sweeps: int = Field(default=40, gt=1)  # sweeps averaged for the reported Delta
 
 
 class FitSpec(_Strict):
