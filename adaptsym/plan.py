@@ -291,7 +291,6 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     n = mc.pool_size
     d = mc.hessian_entries.design
     J = d.cols if d.kind == "block" else d.n_pairs
-    K = d.rows * d.cols if d.kind == "block" else d.n_pairs
     steps, starts = mc.spectrum.steps, mc.spectrum.starts
     want = set(mc.observables)
     s = plan.seconds
@@ -321,20 +320,15 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
             part["circuits"] = tp.circuits_s
         for key, val in part.items():
             s[f"measure.{key}"] = s.get(f"measure.{key}", 0.0) + n_models * val
-    # peak memory: the counted arrays over a fresh interpreter's RSS; weights (model, checkpoint,
-    # work and shard copies) of two checkpoints overlap while the next one loads
-    w_mb = tp.n_params * tp.itemsize / 2**20
+    # peak memory: the counted arrays over a fresh interpreter's RSS
+    counted = counted_arrays_mb(cfg, tp.n_params, actors)
     vec_mb = tp.n_params * tp.itemsize / 2**20
-    basis = min(steps * tp.n_params * 4, mc.spectrum.basis_budget_mb * 2**20) / 2**20 if "spectrum" in want else 0
-    h_mb = n * K * 8 / 2**20
-    stats_mb = 3 * mc.hessian_entries.replicates * min(K, 1024) * 8 / 2**20 + 2 * h_mb
     tile_mb = tp.tile_fixed_mb + tp.tile_peak_mb * min(mc.example_chunk, n)
     graph_mb = graph_peak / 2**20 + (vec_mb if graph_peak else 0.0)
-    copies = 2 * (3 + (k + 1 if ray else 0))
-    driver = tp.driver_base_rss_mb + 3 * tp.data_mb + copies * w_mb + basis + 12 * vec_mb + stats_mb
+    driver = tp.driver_base_rss_mb + 3 * tp.data_mb + counted["driver"]
     if ray:
         plan.peak_rss_mb["driver"] = driver
-        plan.peak_rss_mb["actor"] = tp.base_rss_mb + RAY_WORKER_EXTRA_MB + 6 * w_mb + max(tile_mb, graph_mb) + stats_mb
+        plan.peak_rss_mb["actor"] = tp.base_rss_mb + RAY_WORKER_EXTRA_MB + counted["actor"] + max(tile_mb, graph_mb)
     else:
         plan.peak_rss_mb["driver"] = driver + max(tile_mb, graph_mb)
     plan.peak_rss_mb["train"] = (tp.driver_base_rss_mb + 3 * tp.data_mb + 5 * tp.n_params * 4 / 2**20
@@ -353,6 +347,42 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     plan.notes.append(f"pool HVPs: at most {graph_peak / 2**20:.0f} MB of stored graph per process "
                       f"(budget {mc.hvp_graph_budget_mb:.0f} MB; above it, recomputed by fwd-rev)")
     return plan
+
+
+def counted_arrays_mb(cfg: RunConfig, n_params: int, actors: int | None) -> dict[str, float]:
+    """MB of the arrays a measurement of `cfg` holds per process, from the config and N alone:
+    weights (model, checkpoint, work and shard copies; two checkpoints overlap while the next one
+    loads), the Lanczos basis up to its budget, work vectors, h and the bootstrap statistics.
+    `predict` adds the interpreter, the data and the measured tile workspace; without them this
+    is a floor under each process's peak, known before anything runs."""
+    mc = cfg.measure
+    d = mc.hessian_entries.design
+    K = d.rows * d.cols if d.kind == "block" else d.n_pairs
+    w_mb = n_params * (4 if mc.dtype == "float32" else 8) / 2**20
+    basis = (min(mc.spectrum.steps * n_params * 4, mc.spectrum.basis_budget_mb * 2**20) / 2**20
+             if "spectrum" in mc.observables else 0.0)
+    h_mb = mc.pool_size * K * 8 / 2**20
+    stats_mb = 3 * mc.hessian_entries.replicates * min(K, 1024) * 8 / 2**20 + 2 * h_mb
+    copies = 2 * (3 + (actors + 1 if actors is not None else 0))
+    out = {"driver": copies * w_mb + basis + 12 * w_mb + stats_mb}
+    if actors is not None:
+        out["actor"] = 6 * w_mb + stats_mb
+    return out
+
+
+def check_memory_floor(cfg: RunConfig, n_params: int, actors: int | None, actors_here: bool = True) -> None:
+    """Refuse, before any work, a measurement whose counted arrays alone (`counted_arrays_mb`)
+    exceed the memory this machine has available (the actors' counted only when `actors_here`)."""
+    c = counted_arrays_mb(cfg, n_params, actors)
+    actors = actors if actors_here else None
+    need = c["driver"] + (actors or 0) * c.get("actor", 0.0)
+    have = available_memory_mb()
+    if need > have:
+        raise PlanError(f"this measurement holds at least {need:,.0f} MB of arrays (driver {c['driver']:,.0f} MB"
+                        + (f" + {actors} actors x {c['actor']:,.0f} MB" if actors else "")
+                        + f", N = {n_params:,}) but this machine has {have:,.0f} MB available; lower "
+                        "measure.hessian_entries.replicates, the design, measure.pool_size or "
+                        "spectrum.basis_budget_mb (`adaptsym plan` predicts the whole peak), or pass --force")
 
 
 def run_active_fractions(run_dir, cfg: RunConfig, device: torch.device) -> list[float]:

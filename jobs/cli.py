@@ -7,6 +7,7 @@ never imports Ray.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def cmd_measure(args) -> int:
 
     run_dir = Path(args.run)
     cfg = load_config(args.config) if args.config else None
+    if not args.force:
+        _check_memory(run_dir, cfg, args)
     executor = None
     if args.ray is not None:  # first: an address that does not answer fails within seconds
         from services.cluster import connect
@@ -61,6 +64,26 @@ def cmd_measure(args) -> int:
             executor.close()
     print(f"measured {len(res.epochs)} checkpoint(s) of {run_dir}: zarr store {res.store_path}")
     return 0
+
+
+def _check_memory(run_dir: Path, cfg, args) -> None:
+    """Refuse before any work a measurement whose arrays alone exceed the available memory."""
+    from adaptsym.config import parse_config
+    from adaptsym.plan import check_memory_floor
+    from adaptsym.store import RunStore
+
+    path = run_dir / "results.zarr"
+    if not path.is_dir():
+        return  # measure_run names the missing store
+    root = RunStore.for_run(run_dir, mode="r").attrs()
+    if "n_params" not in root or "config" not in root:
+        return
+    cfg = cfg or parse_config(root["config"], source=f"{path} config")
+    actors = None
+    if args.ray is not None:
+        actors = args.actors or max(1, (args.num_cpus or os.cpu_count() or 1) // args.threads_per_actor)
+    # a cluster at an address has its actors' memory elsewhere: only the driver's is counted here
+    check_memory_floor(cfg, int(root["n_params"]), actors, actors_here=args.ray == "")
 
 
 def _experiment(run_dir: Path, cfg) -> str:
@@ -213,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the tiles on Ray actors: a local cluster (no ADDRESS) or HOST:PORT of a running one")
     m.add_argument("--actors", type=positive_int, default=None, help="actors (default: one per GPU, else CPUs / threads)")
     m.add_argument("--threads-per-actor", type=positive_int, default=1, help="torch threads per actor (default 1)")
+    m.add_argument("--force", action="store_true",
+                   help="measure even when the arrays it must hold exceed the available memory (default: refuse)")
     m.add_argument("--overwrite", action="store_true",
                    help="replace finished measurements made with another measure config or checkpoint (default: refuse)")
     m.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")

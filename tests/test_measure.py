@@ -6,6 +6,7 @@ import pytest
 from adaptsym.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jobs.cli import main
 from adaptsym.entries import DesignError
+from adaptsym.errors import UserFacingError
 from adaptsym.hessian_entries import NonFiniteEntryError
 from adaptsym.measure import measure_run
 from adaptsym.store import RunStore
@@ -189,3 +190,33 @@ def test_cli_train_and_measure(tmp_path, capsys):
     assert main(["measure", "--run", str(tmp_path / "nowhere"), "--no-mlflow"]) == 2
     assert "no zarr store" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()  # a failed command leaves nothing behind
+
+
+def test_measure_whose_arrays_exceed_memory_is_refused_before_any_work(trained, tmp_path, monkeypatch, capsys):
+    """The counted arrays (weights, basis, h, bootstrap statistics) against the available memory,
+    before Ray, MLflow or the store is touched; `--force` goes on; a remote cluster's actors are
+    not counted here."""
+    import shutil
+
+    from adaptsym.plan import check_memory_floor, counted_arrays_mb
+
+    cfg, run_dir = trained
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    groups = sorted(p.name for p in (copy / "results.zarr").iterdir())
+    n_params = RunStore.for_run(copy, mode="r").attrs()["n_params"]
+    need = counted_arrays_mb(cfg, n_params, None)["driver"]
+    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: need * 0.99)
+    assert main(["measure", "--run", str(copy), "--quiet", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"at least {need:,.0f} MB of arrays" in err and f"N = {n_params:,}" in err and "--force" in err
+    assert sorted(p.name for p in (copy / "results.zarr").iterdir()) == groups  # nothing measured
+    assert not (copy / "mlflow.db").exists() and not (tmp_path / "mlflow.db").exists()
+    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: need * 1.01)
+    check_memory_floor(cfg, n_params, None)  # fits: no error
+    c = counted_arrays_mb(cfg, n_params, 3)
+    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: c["driver"] + 2 * c["actor"])
+    check_memory_floor(cfg, n_params, 3, actors_here=False)
+    with pytest.raises(UserFacingError, match="3 actors x"):
+        check_memory_floor(cfg, n_params, 3)
+    assert main(["measure", "--run", str(copy), "--no-mlflow", "--quiet", "--epochs", "0", "--force"]) == 0
