@@ -253,9 +253,6 @@ class MeasureSpec(_Strict):
     @classmethod
     def _legacy_layout(cls, data: Any) -> Any:
         return nest_legacy_keys(data)[0]  # `load_config` tells the author of a YAML file
-        moved = [k for k in LEGACY_ENTRY_KEYS if k in data]
-        if not moved:
-            return data
         data = dict(data)
         section = dict(data.get("hessian_entries") or {})
         clash = [k for k in moved if k in section]
