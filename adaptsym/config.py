@@ -253,18 +253,6 @@ class MeasureSpec(_Strict):
     @classmethod
     def _legacy_layout(cls, data: Any) -> Any:
         return nest_legacy_keys(data)[0]  # `load_config` tells the author of a YAML file
-        data = dict(data)
-        section = dict(data.get("hessian_entries") or {})
-        clash = [k for k in moved if k in section]
-        if clash:
-            raise ValueError(f"{clash} given both under measure and under measure.hessian_entries; "
-                             f"keep them only under measure.hessian_entries")
-        section.update({k: data.pop(k) for k in moved})
-        data["hessian_entries"] = section
-        warnings.warn(f"measure.{moved[0]} (and {len(moved) - 1} more) moved to measure.hessian_entries: write\n"
-                      f"measure:\n  hessian_entries:\n" + "".join(f"    {k}: ...\n" for k in moved),
-                      FutureWarning, stacklevel=2)
-        return data
 
 
 def current_layout(measure: Any) -> Any:
