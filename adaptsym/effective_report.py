@@ -39,7 +39,8 @@ COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("mom
            ("entropy_over_bound_mean", "mean s/s_ub"), ("entropy_excess_max", "max s - s_ub"),
            ("hysteresis_max_gap", "max |d_down - d_up|"), ("max_d_jump", "max jump of d"),
            ("nonconverged_points", "BP not converged"), ("seconds", "seconds"))
-DIAG_COLUMNS = (("rms_connected_shared_unit", "data: rms C_ij - m_i m_j, pairs sharing a unit"),
+DIAG_COLUMNS = (("mean_abs_m", "data: mean |m_i|"),
+                ("rms_connected_shared_unit", "data: rms C_ij - m_i m_j, pairs sharing a unit"),
                 ("rms_connected_other", "data: same, other pairs"),
                 ("rms_C_error_shared_unit", "fit: rms C error, pairs sharing a unit"),
                 ("rms_C_error_other", "fit: same, other pairs"))
@@ -136,9 +137,19 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
 
 
 def diagnostics(store: RunStore, group: str, widths: list[int], idx: np.ndarray) -> dict:
-    """`effective_analysis.correlation_diagnostics` of one part, from its stored moments."""
-    return correlation_diagnostics(widths, idx, store.read(group, "m_data"), store.read(group, "C_data"),
-                                   store.read(group, "C_model"))
+    """`effective_analysis.correlation_diagnostics` of one part, from its stored moments, and the
+    mean |m| of its weights."""
+    m = store.read(group, "m_data")
+    return {**correlation_diagnostics(widths, idx, m, store.read(group, "C_data"), store.read(group, "C_model")),
+            "mean_abs_m": float(np.mean(np.abs(m)))}
+
+
+def energy_accuracy_correlation(store: RunStore, scenario: str) -> float:
+    """Pearson correlation of E(s)/N under the full model with test accuracy over the ensemble
+    (Fig. 3c: the paper finds low energy with high accuracy, a negative correlation)."""
+    g = f"effective/{scenario}/full"
+    e, acc = store.read(g, "energy_density"), store.read(g, "test_accuracy")
+    return float(np.corrcoef(e, acc)[0, 1]) if e.std() > 0 and acc.std() > 0 else float("nan")
 
 
 def _cell(v) -> str:
@@ -156,7 +167,7 @@ def write_report(store: RunStore, run_dir: Path) -> Path:
         raise UserFacingError(f"{store.path} has no effective-model results; run `python -m jobs.effective_model`")
     body = ["<h1>Effective model of the weight space (Zou &amp; Huang)</h1>",
             "<p>Pairwise maximum-entropy (Ising) models of ensembles of binary-weight networks, fitted by Boltzmann "
-            "learning with belief-propagation moments; entropy density s(d) at Hamming distance d from reference "
+            "learning with belief-propagation (and, with fit.moments: gibbs, Gibbs-sampled) moments; entropy density s(d) at Hamming distance d from reference "
             "configurations, against the bound s_ub(d) = -d ln d - (1-d) ln(1-d). Definitions: docs/observables.md.</p>"]
     for scenario, _ in sorted(store.root["effective"].groups()):
         attrs = store.attrs(f"effective/{scenario}")
@@ -183,6 +194,8 @@ def write_report(store: RunStore, run_dir: Path) -> Path:
                 notes.append(f"{p}: Delta = {a['delta']:.4f} ({a.get('moments', 'bp')} moments) has not reached the target "
                              f"{a['target']}; its landscape describes that model, not a fit of the ensemble")
         body.append("<table border=1 cellspacing=0 cellpadding=3>" + "".join(rows) + "</table>")
+        body.append(f"<p>Pearson correlation of E(s)/N with test accuracy over the ensemble: "
+                    f"{energy_accuracy_correlation(store, scenario):+.3f} (Fig. 3c)</p>")
         if notes:
             body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
         for f in figures(store, scenario, run_dir):

@@ -163,3 +163,20 @@ def test_bad_model_shapes():
         belief_propagation(np.array([[0, 1.0], [0.5, 0]]), np.zeros(2))
     with pytest.raises(ValueError, match="shape"):
         belief_propagation(np.zeros((3, 3)), np.zeros(2))
+
+
+def test_energy_accuracy_correlation_is_pearsons(tmp_path):
+    from scipy import stats
+
+    from adaptsym.effective_report import energy_accuracy_correlation
+    from adaptsym.store import RunStore
+
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(0.8, 1.0, 300)
+    e = -0.5 * acc + rng.normal(0, 0.05, 300)
+    store = RunStore(tmp_path / "r.zarr")
+    store.write("effective/under/full", "energy_density", e, ("configuration",))
+    store.write("effective/under/full", "test_accuracy", acc, ("configuration",))
+    assert np.isclose(energy_accuracy_correlation(store, "under"), stats.pearsonr(e, acc)[0])
+    store.write("effective/under/full", "test_accuracy", np.ones(300), ("configuration",))
+    assert np.isnan(energy_accuracy_correlation(store, "under"))  # constant accuracy: undefined
