@@ -35,7 +35,7 @@ paper-cpu: $(STAMP)
 
 # Zou & Huang's effective model on the bundled digits: ensembles on 2 Ray actors (14.5 min on 2
 # cores), then the Ising fits, entropy landscapes and runs/effective-model-demo/effective_report.html
-# (13 min)
+# (31 min: Gibbs-sampled fits)
 effective-model: $(STAMP)
 	$(BIN)/python -m jobs.collect_ensemble --config configs/effective-model-demo.yaml --out runs
 	$(BIN)/python -m jobs.effective_model --config configs/effective-model-demo.yaml --out runs
