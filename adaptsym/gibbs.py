@@ -15,7 +15,8 @@ chains x N^2 per sweep in BLAS.
 Moments: m = <s>, C = <s s^T> averaged over `samples` sweeps of all chains (after `burn`
 sweeps). Their sampling noise enters Delta as an upward bias, E[Delta^2] = Delta_true^2 +
 noise^2; `GibbsMoments.noise` estimates that noise term from the spread of the per-sweep
-means (batch means, an upper-ish bound when successive sweeps are correlated).
+means, treated as independent: exact when successive sweeps are independent (J = 0, tested
+against the closed form), a lower bound when they are positively correlated (slow mixing).
 
 Learning (eq. 5 with sampled moments): from a start (J, h) and chains drawn from the data,
 each step runs `sweeps_per_step` sweeps and moves J += r (C_data - C_chains), h += r (m_data -

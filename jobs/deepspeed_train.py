@@ -30,11 +30,12 @@ from pathlib import Path
 def _loop(config: dict) -> None:
     import torch
 
-    if not torch.cuda.is_available():
+    cpu = not torch.cuda.is_available()
+    if cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    if not torch.cuda.is_available():
+    if cpu:
         # DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce kernel (deepspeed_shm_comm) in
         # init_distributed. ZeRO training does not use it (gradients go through gloo); the build takes
         # ~50 s per environment, and a build killed midway leaves a lock in ~/.cache/torch_extensions

@@ -57,10 +57,13 @@ class RegimeConfig(BaseModel):
 
     def run_config(self, system: str, variant: str):
         """The RunConfig of one (system, variant): validated like any config."""
-        from adaptsym.config import merge_sections, nest_legacy_keys, parse_config
+        from adaptsym.config import ConfigError, merge_sections, nest_legacy_keys, parse_config
 
         sysm = self.systems[system]
-        base, variant_measure = (nest_legacy_keys(m)[0] for m in (self.measure, self.variants[variant]))
+        try:
+            base, variant_measure = (nest_legacy_keys(m)[0] for m in (self.measure, self.variants[variant]))
+        except ValueError as exc:
+            raise ConfigError(f"regime study {self.name}: variant {variant}: {exc}") from None
         measure = {**merge_sections(base, variant_measure), "observables": ["hessian_entries"]}
         return parse_config({"name": f"{self.name}-{system}", "seed": self.seed, "device": self.device,
                              "data": sysm.data, "models": {"net": sysm.model}, "train": self.train,

@@ -61,3 +61,21 @@ def test_study_over_budget_is_refused_and_bad_variants_named(tmp_path, capsys):
     nodefault = tiny(tmp_path, variants={"x": {}})
     assert regime_study.main(["--config", str(nodefault), "--out", str(tmp_path), "--no-mlflow"]) == 2
     assert "default" in capsys.readouterr().err
+
+
+def test_variants_merge_section_by_section_in_either_layout(tmp_path):
+    """A nested variant changes only its keys of `hessian_entries`; a flat (old-layout) variant lands
+    in the same place; one key in both layouts is a config error naming the variant."""
+    import pytest
+
+    from adaptsym.config import ConfigError
+
+    cfg = regime_study.load(tiny(tmp_path, variants={"default": {}, "q": {"hessian_entries": {"fdr_q": 0.01}},
+                                                      "flat": {"fdr_q": 0.01}}))
+    base = cfg.run_config("mlp", "default").measure.hessian_entries
+    for v in ("q", "flat"):
+        he = cfg.run_config("mlp", v).measure.hessian_entries
+        assert he.fdr_q == 0.01 and he.replicates == base.replicates == 100 and he.design.rows == 12
+    both = {"default": {}, "both": {"fdr_q": 0.01, "hessian_entries": {"fdr_q": 0.02}}}
+    with pytest.raises(ConfigError, match="variant both: .*given both"):  # refused when the study loads
+        regime_study.load(tiny(tmp_path, variants=both))
