@@ -4,11 +4,14 @@ For entry a, `per_entry` tuples (a, b, c) or (a, b, c, d) are drawn with the par
 uniform among the other entries (distinct). With z the standardised variables,
   kappa3(a,b,c)   = E[z_a z_b z_c],
   kappa4(a,b,c,d) = E[z_a z_b z_c z_d] - rho_ab rho_cd - rho_ac rho_bd - rho_ad rho_bc.
-The reported values are over the bootstrap replicates (they scale as 1/sqrt(s) and 1/s).
-The non-zero test uses the n pool examples: the studentised sum T = sum x / sqrt(sum x^2)
+The marginal values are over the bootstrap replicates (they scale as 1/sqrt(s) and 1/s).
+The non-zero test uses the rows of one reading (`nonzero.READINGS`): the n pool examples
+(marginal) or the A active ones (active), the studentised sum T = sum x / sqrt(sum x^2)
 (`nonzero.py`) of the per-example products, corrected for the estimated means and rho-terms
-(`influence`), and Benjamini-Hochberg over all sampled tuples of one order. The number of pool
-examples on which every member of a tuple is non-zero is kept per tuple (`tuple_active`).
+(`influence`), and Benjamini-Hochberg over all sampled tuples of one order. The active reading's
+value is the exact co-moment of a minibatch of s active examples (the per-example one over the
+active rows, times s^(-1/2) or s^(-1)). The number of pool examples on which every member of a
+tuple is non-zero is kept per tuple (`rows_all_nonzero`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .correlation import standardise
+from .correlation import standardise, standardise_over
 from .fdr import bh_reject, pvalue
-from .nonzero import self_normalised
+from .nonzero import detectability, mild, self_normalised
 
 
 def sample_tuples(K: int, per_entry: int, order: int, rng: np.random.Generator) -> np.ndarray:
@@ -76,21 +79,31 @@ def _values(Z: np.ndarray, tup: np.ndarray, chunk: int = 512) -> tuple[np.ndarra
     return mean, msq
 
 
-def tuple_active(active: np.ndarray, tup: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Per tuple, the number of rows of the boolean (n, *) `active` where every member is True."""
+def rows_all_nonzero(nonzero: np.ndarray, tup: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Per tuple, the number of rows of the boolean (n, *) `nonzero` where every member is True."""
     out = np.empty(len(tup), dtype=np.int64)
     for i in range(0, len(tup), chunk):
-        out[i : i + chunk] = np.all(active[:, tup[i : i + chunk]], axis=2).sum(axis=0)
+        out[i : i + chunk] = np.all(nonzero[:, tup[i : i + chunk]], axis=2).sum(axis=0)
     return out
 
 
-def tuple_statistics(Zx: np.ndarray, Zh: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bootstrap value, pool value, pool studentised sum T) of each tuple; Zx, Zh standardised columns.
+def pool_statistics(Z: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(co-moment, studentised sum T) of each tuple over the rows of Z (columns standardised over
+    those same rows): T = sum_k x_k / sqrt(sum_k x_k^2), x the influence-corrected products."""
+    value, msq = _values(Z, tup)
+    return value, self_normalised(np.sqrt(Z.shape[0]) * value, msq)
 
-    T = sum_k x_k / sqrt(sum_k x_k^2) over the pool rows, x the influence-corrected products."""
+
+def tuple_statistics(Zx: np.ndarray, Zh: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bootstrap value, pool value, pool studentised sum T) of each tuple; Zx, Zh standardised columns."""
     value, _ = _values(Zx, tup)
-    pool, msq = _values(Zh, tup)
-    return value, pool, self_normalised(np.sqrt(Zh.shape[0]) * pool, msq)
+    return (value,) + pool_statistics(Zh, tup)
+
+
+def at_minibatch(per_example: np.ndarray, order: int, s: int) -> np.ndarray:
+    """A standardised co-moment of per-example entries scaled to a minibatch mean of s of them:
+    order 3 (co-skewness) by s^(-1/2), order 4 (excess co-kurtosis) by s^(-1) (SPEC section 4)."""
+    return np.asarray(per_example) / float(s) ** ((order - 2) / 2)
 
 
 def decide(value: np.ndarray, tstat: np.ndarray, method: str, q: float, threshold: float,
@@ -105,25 +118,65 @@ def decide(value: np.ndarray, tstat: np.ndarray, method: str, q: float, threshol
 class CoMomentResult:
     order: int
     tuples: np.ndarray  # (T, order)
-    value: np.ndarray  # bootstrap estimate per tuple
-    pool_value: np.ndarray  # the same on the pool (scale s times larger, t-stat from it)
-    tstat: np.ndarray  # studentised sum T on the pool
-    active: np.ndarray  # pool examples on which every member is non-zero
+    value: np.ndarray  # the reading's value per tuple (marginal: bootstrap; active: exact at s)
+    pool_value: np.ndarray  # per-example co-moment over the reading's rows (t-stat from it)
+    tstat: np.ndarray  # studentised sum T over the reading's rows
+    n_nonzero: np.ndarray  # pool examples on which every member is non-zero
     nonzero: np.ndarray  # decision per tuple
     counts: np.ndarray  # per entry: non-zero tuples among its per_entry
 
 
 def comoment(X: np.ndarray, h: np.ndarray, order: int, per_entry: int, rng: np.random.Generator,
              method: str = "fdr", q: float = 0.05, threshold: float = 0.1, pvalue_kind: str = "normal",
-             fdr: str = "bh") -> CoMomentResult:
+             fdr: str = "bh", rows: np.ndarray | None = None, s: int | None = None) -> CoMomentResult:
     """Co-skewness (order 3) or excess co-kurtosis (order 4) of the columns of X (B, K) and h (n, K).
 
-    The in-memory reference of what the measurement does in blocks of tuples (same functions)."""
+    rows=None: the marginal reading (bootstrap values, test over the n pool rows); a boolean mask
+    of the active rows: the active reading (test and value over those rows, the value scaled to
+    minibatch size s). The in-memory reference of what the measurement does in blocks of tuples."""
     if order not in (3, 4):
         raise ValueError("order must be 3 (co-skewness) or 4 (co-kurtosis)")
     K = X.shape[1]
     tup = sample_tuples(K, per_entry, order, rng)
-    value, pool, tstat = tuple_statistics(standardise(X), standardise(h), tup)
+    if rows is None:
+        value, pool, tstat = tuple_statistics(standardise(X), standardise(h), tup)
+    else:
+        pool, tstat = pool_statistics(standardise_over(h, rows), tup)
+        value = at_minibatch(pool, order, s or 1)
     nonzero = decide(value, tstat, method, q, threshold, pvalue_kind, fdr)
-    return CoMomentResult(order, tup, value, pool, tstat, tuple_active(h != 0, tup), nonzero,
+    return CoMomentResult(order, tup, value, pool, tstat, rows_all_nonzero(h != 0, tup), nonzero,
                           nonzero.reshape(K, per_entry).sum(axis=1))
+
+
+def reading_comoments(X: np.ndarray, h: np.ndarray, order: int, per_entry: int, rng: np.random.Generator,
+                      active: np.ndarray, q: float = 0.05, s: int = 1, mild_skew: float = 0.5,
+                      pvalue_kind: str = "normal", fdr: str = "bh") -> dict:
+    """One co-moment order's decisions in both readings on the same sampled tuples, as the
+    measurement makes them: {reading: (nonzero per tuple, detectability)}, plus "tuples". Active:
+    the test over the active rows at q, untestable when it finds nothing below its limit; marginal:
+    the union of that test and the pool test among tuples of mildly skewed entries (under the strict
+    limit), each at q / 2."""
+    from .correlation import union_detectability
+
+    active = np.asarray(active, dtype=bool)
+    res_a = comoment(X, h, order, per_entry, rng, q=q, pvalue_kind=pvalue_kind, fdr=fdr, rows=active, s=s)
+    value_m, _, tstat_m = tuple_statistics(standardise(X), standardise(h), res_a.tuples)
+    A = int(active.sum())
+
+    def thr(nonzero, tstat):
+        return float(np.abs(tstat[nonzero]).min()) if nonzero.any() else np.inf
+
+    out = {}
+    for level in (q, q / 2):  # q for the active reading; q / 2 for each half of the marginal union
+        d = decide(res_a.value, res_a.tstat, "fdr", level, 0.0, pvalue_kind, fdr)
+        det = detectability(A, len(res_a.tuples), level, pvalue_kind, fdr, int(d.sum()), thr(d, res_a.tstat), order)
+        out[level] = (d & (not det.untestable), det)
+    calm = np.all(mild(standardise_over(h, active), mild_skew)[res_a.tuples], axis=1)
+    dec_p = np.zeros(len(calm), dtype=bool)
+    if calm.any():
+        dec_p[calm] = decide(value_m[calm], tstat_m[calm], "fdr", q / 2, 0.0, pvalue_kind, fdr)
+    det_p = detectability(A, int(calm.sum()), q / 2, pvalue_kind, fdr, int(dec_p.sum()), thr(dec_p, tstat_m), order,
+                          strict=True)
+    dec_p &= not det_p.untestable
+    return {"tuples": res_a.tuples, "active": out[q],
+            "marginal": (out[q / 2][0] | dec_p, union_detectability(out[q / 2][1], det_p))}

@@ -185,6 +185,14 @@ class HessianEntriesSpec(_Strict):
     # 'bh' Benjamini-Hochberg, or 'by' Benjamini-Yekutieli (any dependence; much less power).
     fdr: Literal["bh", "by"] = "bh"
     threshold: float = Field(default=0.1, gt=0)  # |value| threshold when nonzero=threshold
+    # The active reading's correlation test: 'pairs' (products of differences of seeded pairs of
+    # active examples: sign-symmetric under independence, whatever the law of the values) or
+    # 'studentised' (products of entries standardised over the active examples: needs about half the
+    # active examples, valid only for nearly symmetric values; docs/statistics.md).
+    active_test: Literal["pairs", "studentised"] = "pairs"
+    # The marginal reading counts a coupling that only the activity mask carries (non-zero means over the
+    # active examples) among entries whose values over the active examples have |skewness| <= mild_skew.
+    mild_skew: float = Field(default=0.5, ge=0)
     z_cut: float = Field(default=0.15, gt=0)  # Fig 7b: fraction of |mean/std| below this
     tuples_per_entry: int = Field(default=64, gt=0)  # sampled triples/quadruples per entry
     corr_block: int = Field(default=1024, gt=0)  # block edge of the streaming K x K work

@@ -17,14 +17,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fdr import StreamingBH
-from .nonzero import product_t
+from .fdr import StreamingBH, bh_reject
+from .fdr import pvalue as pvalue_of
+from .nonzero import Detectability, detectability, differences, mild, pair_rows, product_t
 
 
 def standardise(X: np.ndarray) -> np.ndarray:
     """Columns with zero mean and unit (population) variance."""
     Z = X - X.mean(axis=0)
     return Z / Z.std(axis=0)
+
+
+def standardise_over(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The rows `rows` (a boolean mask; None: all) of X, each column standardised over those rows
+    only: the active reading's columns (`nonzero.READINGS`). A column constant there is all 0, so
+    its products, and its test statistics, are 0."""
+    Xr = X if rows is None else X[np.asarray(rows, dtype=bool)]
+    Z = Xr - Xr.mean(axis=0)
+    sd = Z.std(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd > 0, Z / np.where(sd > 0, sd, 1.0), 0.0)
 
 
 def tiles(K: int, block: int):
@@ -103,3 +115,82 @@ def coupling_counts(Z: np.ndarray, method: str = "fdr", q: float = 0.05, thresho
         np.add.at(counts, b[hit], 1)
     m = bh.m
     return CorrelationResult(counts, m, int(counts.sum() // 2), z_star, abs_sum / max(m, 1))
+
+
+@dataclass
+class ReadingDecision:
+    """The service's correlation decisions in one reading, pair by pair (a < b, in
+    `np.triu_indices` order), after the untestable rule, with the reading's detectability."""
+
+    declared: np.ndarray  # bool per pair
+    detectability: Detectability
+    n_tests: int
+
+    @property
+    def counted(self) -> int:
+        return int(self.declared.sum())
+
+    def counts(self, K: int) -> np.ndarray:
+        """Per entry: its declared partners (C_a)."""
+        a, b = np.triu_indices(K, 1)
+        return np.bincount(a[self.declared], minlength=K) + np.bincount(b[self.declared], minlength=K)
+
+
+def _bh_family(T: np.ndarray, tested: np.ndarray, q: float, pvalue: str, fdr: str) -> tuple[np.ndarray, float]:
+    """BH over the tested pairs of |T|: (declared, threshold on |T|; inf when none)."""
+    out = np.zeros(T.shape, dtype=bool)
+    if tested.any():
+        out[tested] = bh_reject(pvalue_of(T[tested], pvalue), q, fdr)
+    return out, float(T[out].min()) if out.any() else np.inf
+
+
+def reading_decisions(h: np.ndarray, active: np.ndarray, q: float = 0.05, pvalue: str = "normal", fdr: str = "bh",
+                      active_test: str = "pairs", mild_skew: float = 0.5,
+                      pairs: tuple[np.ndarray, np.ndarray] | None = None,
+                      rng: np.random.Generator | None = None) -> dict[str, ReadingDecision]:
+    """Correlation decisions of the columns of h (n, K) in both readings, as the measurement makes
+    them (`hessian_entries.correlations`), in memory:
+    - active: the active reading's test over the rows `active` (boolean mask): 'pairs', the
+      studentised sum of products of differences of a random pairing of the active examples
+      (`pairs`, or drawn from `rng`), or 'studentised', products of the entries standardised over
+      the active examples; BH over every pair; untestable when it finds nothing below its limit;
+    - marginal: the union of two families, each at level q / 2: the active reading's test, and the
+      pool test (entries standardised over all n rows) among the pairs of entries whose values over
+      the active examples have |skewness| <= mild_skew, under the strict limit."""
+    active = np.asarray(active, dtype=bool)
+    K, A = h.shape[1], int(active.sum())
+    iu = np.triu_indices(K, 1)
+    Za = standardise_over(h, active)
+    if active_test == "pairs":
+        pairs = pairs if pairs is not None else pair_rows(np.nonzero(active)[0], rng or np.random.default_rng(0))
+        Ta = np.abs(product_t(differences(Za, pairs), differences(Za, pairs))[1])[iu]
+    else:
+        Ta = np.abs(product_t(Za, Za)[1])[iu]
+    everything = np.ones(len(Ta), dtype=bool)
+    dec, det = {}, {}
+    for level in (q, q / 2):  # q for the active reading; q / 2 for each half of the marginal union
+        d, t = _bh_family(Ta, everything, level, pvalue, fdr)
+        det[level] = detectability(A, len(Ta), level, pvalue, fdr, int(d.sum()), t, 2, paired=active_test == "pairs")
+        dec[level] = d & (not det[level].untestable)
+    calm = mild(Za, mild_skew)
+    tested = np.logical_and.outer(calm, calm)[iu]
+    Zm = standardise_over(h)
+    Tm = np.abs(product_t(Zm, Zm)[1])[iu]
+    dec_p, t_p = _bh_family(Tm, tested, q / 2, pvalue, fdr)
+    det_p = detectability(A, int(tested.sum()), q / 2, pvalue, fdr, int(dec_p.sum()), t_p, 2, strict=True)
+    dec_p &= not det_p.untestable
+    return {"active": ReadingDecision(dec[q], det[q], len(Ta)),
+            "marginal": ReadingDecision(dec[q / 2] | dec_p, union_detectability(det[q / 2], det_p), len(Ta))}
+
+
+def union_detectability(active: Detectability, pool: Detectability) -> Detectability:
+    """The marginal reading's detectability: testable when either of its parts is (the active
+    reading's test, or the pool test among mild entries); its threshold and smallest detectable
+    |rho| those of the part that sees more."""
+    if active.untestable and pool.untestable:
+        return Detectability(active.n_active, active.m_tests, pool.threshold, pool.max_abs_t, np.nan, True,
+                             f"{active.reason}; and among mildly skewed entries {pool.reason}", active.order)
+    best = pool if not pool.untestable and (active.untestable or not pool.min_detectable_rho > active.min_detectable_rho) \
+        else active
+    return Detectability(active.n_active, active.m_tests, best.threshold, pool.max_abs_t, best.min_detectable_rho,
+                         False, "", active.order)

@@ -38,6 +38,20 @@ def valid_entries(h: np.ndarray, structural_zero: np.ndarray) -> np.ndarray:
     return ~structural_zero & (h.std(axis=0) > 0)
 
 
+def sparsity_bound(p) -> np.ndarray:
+    """sqrt(p / (1 - p)): the largest |mean / sd| of an entry that is non-zero on a fraction p of the
+    rows it is taken over, whatever its values (equality when its non-zero values are all equal).
+    Infinite at p = 1. At minibatch size s the bound on |z| is sqrt(s) times this."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p < 1, np.sqrt(p / np.maximum(1.0 - p, 1e-300)), np.inf)
+
+
+def forced(p, s: float, cut: float) -> np.ndarray:
+    """Entries whose |z| at minibatch size s is below `cut` by the sparsity bound alone."""
+    return np.sqrt(s) * sparsity_bound(p) < cut
+
+
 def z_fraction(z: np.ndarray, cut: float) -> float:
     return float(np.mean(np.abs(z) < cut)) if z.size else float("nan")
 

@@ -152,22 +152,53 @@ def bootstrap_scaling(h: np.ndarray, s: int, rng: np.random.Generator, replicate
     return checks
 
 
-def decisions_recomputed(h: np.ndarray, stored_counts: np.ndarray, q: float, pvalue: str = "normal",
-                         fdr: str = "bh") -> Check:
-    """Stored per-entry correlation counts against a brute-force recomputation with scipy's BH/BY."""
-    c = h - h.mean(axis=0)
-    K = h.shape[1]
-    a, b = np.triu_indices(K, 1)
-    prod = c[:, a] * c[:, b]
+def _brute_force_bh(cols: np.ndarray, pairs_ab: tuple[np.ndarray, np.ndarray], q: float, pvalue: str,
+                    fdr: str) -> np.ndarray:
+    """Studentised product sums of the column pairs (a, b), tested with scipy's BH/BY: rejected or not."""
+    a, b = pairs_ab
+    if a.size == 0:
+        return np.zeros(0, dtype=bool)
+    prod = cols[:, a] * cols[:, b]
     with np.errstate(divide="ignore", invalid="ignore"):
         T = np.where((prod**2).sum(0) > 0, prod.sum(0) / np.sqrt((prod**2).sum(0)), 0.0)
     p = 2 * stats.norm.sf(np.abs(T))
     if pvalue == "bound":
         p = np.minimum(1.0, BD_CONSTANT * p)
-    rej = stats.false_discovery_control(p, method=fdr) <= q  # 'by' divides q by sum 1/i, as fdr.effective_q
-    counts = np.bincount(a[rej], minlength=K) + np.bincount(b[rej], minlength=K)
-    return Check("identity.corr_counts_mismatch", 0.0, float(np.sum(counts != stored_counts)), 0.0,
-                 f"entries whose stored count differs from scipy's {fdr.upper()} at q = {q} (exact)")
+    return stats.false_discovery_control(p, method=fdr) <= q  # 'by' divides q by sum 1/i, as fdr.effective_q
+
+
+def decisions_recomputed(h: np.ndarray, stored: dict, active: np.ndarray, pairs: tuple[np.ndarray, np.ndarray],
+                         q: float, pvalue: str = "normal", fdr: str = "bh", active_test: str = "pairs",
+                         mild_skew: float = 0.5) -> list[Check]:
+    """Stored per-entry correlation counts of both readings ({reading: counts}) against a brute-force
+    recomputation with scipy (`docs/statistics.md`): given activity, the test over the active
+    examples (differences of the stored pairing, or standardised entries) at q; marginal, that test
+    at q / 2 or the pool test at q / 2 among the entries whose values over the active examples have
+    |skewness| <= mild_skew (scipy's skew), the pool part dropped below its strict power limit
+    (A < 3 t^2). Below its own power limit the active test finds nothing here, so no rule is needed."""
+    K = h.shape[1]
+    a, b = np.triu_indices(K, 1)
+    g = h[active]
+    sd = g.std(axis=0)
+    za = np.where(sd > 0, (g - g.mean(axis=0)) / np.where(sd > 0, sd, 1.0), 0.0)
+    cols = za[pairs[0]] - za[pairs[1]] if active_test == "pairs" else za
+    act = _brute_force_bh(cols, (a, b), q, pvalue, fdr)
+    act_half = _brute_force_bh(cols, (a, b), q / 2, pvalue, fdr)  # the marginal union: two halves at q / 2
+    calm = np.abs(np.nan_to_num(stats.skew(g, axis=0, bias=True))) <= mild_skew
+    tested = calm[a] & calm[b]
+    pool = np.zeros(a.size, dtype=bool)
+    pool[tested] = _brute_force_bh(h - h.mean(axis=0), (a[tested], b[tested]), q / 2, pvalue, fdr)
+    m = int(tested.sum())
+    q_eff = q / 2 / (np.sum(1.0 / np.arange(1, m + 1)) if fdr == "by" else 1.0)
+    t_one = stats.norm.isf(q_eff / max(m, 1) / 2 / (BD_CONSTANT if pvalue == "bound" else 1.0))
+    if active.sum() < 3 * t_one**2:
+        pool[:] = False
+    out = []
+    for reading, rej in (("active", act), ("marginal", act_half | pool)):
+        counts = np.bincount(a[rej], minlength=K) + np.bincount(b[rej], minlength=K)
+        out.append(Check(f"identity.{reading}_corr_counts_mismatch", 0.0, float(np.sum(counts != stored[reading])), 0.0,
+                         f"entries whose stored {reading} count differs from scipy's {fdr.upper()} at q = {q} (exact)"))
+    return out
 
 
 def design_coverage(layer_p: np.ndarray, layer_q: np.ndarray, n_layers: int) -> Check:

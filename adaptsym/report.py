@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .store import RunStore  # noqa: E402
-from .verdict import PAPER, judge  # noqa: E402
+from .verdict import PAPER, READING_LABEL, judge, legacy_key  # noqa: E402
 from .block_spectra import figure as block_figure
 from .spectrum import smoothed_density, symlog
 
@@ -50,10 +50,13 @@ class _Reader:
         return eps, vals
 
     def scalar(self, obs: str, key: str) -> tuple[list[int], np.ndarray]:
+        """One scalar per checkpoint; a `marginal.` key falls back to its name before the two readings."""
         eps, vals = [], []
         for e, g in zip(self.epochs, self.groups):
             sc = self.store.attrs(g).get("scalars", {})
             v = sc.get(f"{obs}.{key}")
+            if v is None and legacy_key(key) is not None:
+                v = sc.get(f"{obs}.{legacy_key(key)}")
             if v is not None and not isinstance(v, str) and np.isfinite(v):
                 eps.append(e)
                 vals.append(float(v))
@@ -172,32 +175,57 @@ def fig7ab(r: _Reader, fig):
     eps, zs = r.series("hessian_entries", "z")
     _, valid = r.series("hessian_entries", "valid")
     ax1, ax2 = fig.subplots(1, 2)
+    active_z = dict(zip(*r.series("hessian_entries", "active_z"))) if _has(r, "active_z") else {}
+    active_valid = dict(zip(*r.series("hessian_entries", "active_valid"))) if _has(r, "active_valid") else {}
     for e, z, v, col in zip(eps, zs, valid, _colors(len(eps))):
         if v.any():
             ax1.hist(z[v.astype(bool)], bins=60, range=(-3, 3), density=True, histtype="step", color=col,
                      label=f"epoch {e}")
-    ax1.set_xlabel("z = mean / std")
+        if e in active_z and active_valid[e].any():
+            ax1.hist(active_z[e][active_valid[e].astype(bool)], bins=60, range=(-3, 3), density=True,
+                     histtype="step", color=col, ls="--")
+    ax1.set_xlabel("z = mean / std at the minibatch size (solid: marginal; dashed: given activity)")
+    ax1.set_ylabel("density of entries")
     ax1.legend(fontsize=6)
     ax1.set_title("Fig 7a: normalised means", fontsize=9)
-    ep, frac = r.scalar("hessian_entries", "z_fraction")
-    ax2.plot(ep, frac, "o:", label="z at the minibatch size s, from the B replicates (SPEC)")
-    try:
-        epx, fx = r.scalar("hessian_entries", "z_fraction_exact")
-        ax2.plot(epx, fx, "o-", label="z at s, exact over S")
-        _band(r, ax2, epx, "z_fraction", fx)
-    except MissingData:
-        _band(r, ax2, ep, "z_fraction", frac)
-    try:
-        ep1, f1 = r.scalar("hessian_entries", "z_fraction_per_example")
-        ax2.plot(ep1, f1, "s--", label="z per example (= z / sqrt(s))")
-        _band(r, ax2, ep1, "z_fraction_per_example", f1)
-    except MissingData:
-        pass
+    lines = [("marginal.z_fraction_exact", "o-", "marginal, at s (the paper's definition)"),
+             ("active.z_fraction_exact", "o--", "given activity, at s"),
+             ("marginal.z_fraction_per_example", "s-", "marginal, per example (z / sqrt(s))"),
+             ("active.z_fraction_per_example", "s--", "given activity, per example")]
+    drawn = 0
+    for key, style, label in lines:
+        try:
+            ep, f = r.scalar("hessian_entries", key)
+        except MissingData:
+            continue
+        line = ax2.plot(ep, f, style, ms=4, label=label)[0]
+        _band(r, ax2, ep, key, f, color=line.get_color())
+        forced = key.replace("z_fraction_exact", "z_forced_fraction").replace("z_fraction_per", "z_forced_fraction_per")
+        try:
+            epf, ff = r.scalar("hessian_entries", forced)
+            ax2.plot(epf, ff, "x:", color=line.get_color(), ms=5, lw=0.8)
+        except MissingData:
+            pass
+        drawn += 1
+    if not drawn:  # a store from before the exact fraction
+        ep, frac = r.scalar("hessian_entries", "marginal.z_fraction")
+        ax2.plot(ep, frac, "o:", label="z at the minibatch size s, from the B replicates (SPEC)")
+        _band(r, ax2, ep, "marginal.z_fraction", frac)
     ax2.axhline(PAPER["z_fraction"], color="k", lw=0.8, ls=":", label=f"paper: >= {PAPER['z_fraction']}")
+    ax2.plot([], [], "kx:", lw=0.8, label="forced below the cut by sqrt(p / (1 - p)) (same colour)")
     ax2.set_ylim(0, 1.02)
     ax2.set_xlabel("epoch")
+    ax2.set_ylabel("fraction of entries with |z| < cut")
     ax2.legend(fontsize=6)
-    ax2.set_title("Fig 7b: fraction |z| < cut (band: 95% interval over pool resamples)", fontsize=9)
+    ax2.set_title("Fig 7b: fraction |z| < cut (band: 95% interval over resamples of the examples)", fontsize=9)
+
+
+def _has(r: _Reader, name: str) -> bool:
+    try:
+        r.series("hessian_entries", name)
+        return True
+    except MissingData:
+        return False
 
 
 def _band(r: _Reader, ax, ep, key: str, values, **kw) -> None:
@@ -219,14 +247,18 @@ def _band(r: _Reader, ax, ep, key: str, values, **kw) -> None:
 def fig7c(r: _Reader, fig):
     ax = fig.subplots()
     found = False
-    for name, label in (("corr", "correlation"), ("coskew", "co-skewness"), ("cokurt", "excess co-kurtosis")):
+    for name, label, reading, style in [(n, lab, rd, st) for n, lab in (("corr", "correlation"), ("coskew", "co-skewness"),
+                                                                       ("cokurt", "excess co-kurtosis"))
+                                         for rd, st in (("marginal", "o-"), ("active", "o--"))]:
+        name = f"{reading}.{name}"
+        label = f"{label}, {'marginal' if reading == 'marginal' else 'given activity'}"
         try:
             ep, ex = r.scalar("hessian_entries", f"{name}.exponent")
             _, rel = r.scalar("hessian_entries", f"{name}.relative")
         except MissingData:
             continue
         found = True
-        line = ax.plot(ep, ex, "o-", label=label)[0]
+        line = ax.plot(ep, ex, style, label=label)[0]
         try:
             ub_ep, ub = r.scalar("hessian_entries", f"{name}.exponent_is_upper_bound")
             ub_pts = [(e, x) for e, x, u in zip(ep, ex, ub) if u > 0]
@@ -242,7 +274,7 @@ def fig7c(r: _Reader, fig):
         if gone:  # untestable: too few active examples for the non-zero test
             ax.plot(gone, [0.0] * len(gone), "x", color=line.get_color(), transform=ax.get_xaxis_transform())
     if not found:
-        raise MissingData("scalars hessian_entries.{corr,coskew,cokurt}.exponent")
+        raise MissingData("scalars hessian_entries.{marginal,active}.{corr,coskew,cokurt}.exponent")
     ax.set_xlabel("epoch")
     ax.set_ylabel("exponent of N in the coupling set size")
     ax.legend(fontsize=8)
@@ -308,6 +340,13 @@ class Report:
 GLOSSARY = {
     "z_fraction": ("fraction of sampled Hessian entries with |mean / std| < 0.15, the mean and std of the "
                    "minibatch entry at batch size s (Fig. 7b)", "fraction of entries", "at least 0.95, about 0.98"),
+    "z_fraction_exact": ("the same fraction from the exact z over the examples (the statistic the intervals "
+                         "belong to; marginal: over the pool, active: over the examples with margin < 1)",
+                         "fraction of entries", "at least 0.95"),
+    "z_fraction_per_example": ("the same fraction for the per-example entry (z / sqrt(s))", "fraction of entries",
+                               "at least 0.95 in this reading of Fig 7a"),
+    "z_forced_fraction": ("entries whose |z| is below the cut by the sparsity bound sqrt(p / (1 - p)) alone, p the "
+                          "share of the examples where the entry is non-zero", "fraction of entries", ""),
     "relative": ("coupling set size: the fraction of the other sampled entries an entry is significantly "
                  "correlated with (corr), or of the tuples it is in with a non-zero co-moment (coskew, cokurt) "
                  "(Fig. 7c)", "fraction", "3.39e-4 (correlations, end of training)"),
@@ -382,16 +421,22 @@ def _verdicts(r: _Reader) -> dict[int, list]:
 def _verdict_table(verdicts: dict[int, list]) -> str:
     if not verdicts:
         return "<p class='skip'>no Hessian-entry statistics: no verdict</p>"
-    head = ("<tr><th>epoch</th><th>claim</th><th>paper</th><th>ours [95% interval]</th><th>regime</th>"
-            "<th>verdict</th><th>at face value</th></tr>")
+    head = ("<tr><th>epoch</th><th>claim</th><th>reading</th><th>paper</th><th>ours [95% interval]</th>"
+            "<th>forced by sparsity</th><th>verdict</th><th>at face value</th><th>why</th></tr>")
     rows = []
     for e, vs in verdicts.items():
         for v in vs:
             ours = "n/a" if not np.isfinite(v.ours) else f"{v.ours:.4g} [{v.ci_low:.4g}, {v.ci_high:.4g}]"
-            rows.append(f"<tr><td>{e}</td><td>{html.escape(v.claim)}</td><td>{html.escape(v.paper)}</td>"
-                        f"<td>{ours}</td><td>{html.escape(v.regime)}</td><td><b>{html.escape(v.verdict)}</b></td>"
-                        f"<td title='{html.escape(v.why)}'>{html.escape(v.face_value)}</td></tr>")
-    return "<table>" + head + "".join(rows) + "</table>"
+            reading = READING_LABEL.get(v.reading, v.reading) + (" (paper's definition)" if v.paper_definition else "")
+            forced = f"{v.forced:.0%}" if np.isfinite(v.forced) else ""
+            rows.append(f"<tr><td>{e}</td><td>{html.escape(v.claim)}</td><td>{html.escape(reading)}</td>"
+                        f"<td>{html.escape(v.paper)}</td><td>{ours}</td><td>{forced}</td>"
+                        f"<td><b>{html.escape(v.verdict)}</b></td><td>{html.escape(v.face_value)}</td>"
+                        f"<td>{html.escape(v.why)}</td></tr>")
+    regime = next((v.regime for vs in verdicts.values() for v in vs), "")
+    return (f"<p>Regime of the last checkpoint: {html.escape(regime)}. The two readings (docs/statistics.md): "
+            "<i>marginal</i>, over the whole measurement pool, and <i>given activity</i>, over the pool examples "
+            "with hinge margin below 1.</p><table>" + head + "".join(rows) + "</table>")
 
 
 def _skipped_list(store: RunStore) -> str:

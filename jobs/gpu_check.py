@@ -89,7 +89,7 @@ def measurement(cfg, out: Path, n_actors: int | None) -> dict:
             "actor_tensor_devices": sorted({d for i in infos for d in i.get("tensor_devices", [])}),
             "peak_rss_mb": {k: v for k, v in last.items() if k.startswith("peak_rss_mb.")},
             "checkpoints": sorted(m.scalars), "spectrum.lambda_max": last.get("spectrum.lambda_max"),
-            "hessian_entries.z_fraction": last.get("hessian_entries.z_fraction")}
+            "hessian_entries.marginal.z_fraction": last.get("hessian_entries.marginal.z_fraction")}
 
 
 def main(argv: list[str] | None = None) -> int:

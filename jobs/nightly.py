@@ -45,9 +45,13 @@ DISTRIBUTION = ("train.final_loss", "train.final_test_acc", "last.grad_norm2", "
 SCALARS = {  # golden name -> key in the checkpoint's scalars
     "grad_norm2": "gradients.grad_norm2", "lambda_max": "spectrum.lambda_max", "lambda_min": "spectrum.lambda_min",
     "trace_estimate": "spectrum.trace_estimate", "moment2": "spectrum.moment2",
-    "symmetry_score": "spectrum.symmetry_score", "z_fraction": "hessian_entries.z_fraction",
+    "symmetry_score": "spectrum.symmetry_score", "z_fraction": "hessian_entries.marginal.z_fraction",
     "n_valid": "hessian_entries.n_valid", "n_active_examples": "hessian_entries.n_active_examples",
-    "corr_n_nonzero": "hessian_entries.corr_n_nonzero", "corr_relative": "hessian_entries.corr.relative",
+    "corr_n_nonzero": "hessian_entries.marginal.corr_n_nonzero", "corr_relative": "hessian_entries.marginal.corr.relative",
+    "active_z_fraction": "hessian_entries.active.z_fraction_exact",
+    "z_forced_fraction_per_example": "hessian_entries.marginal.z_forced_fraction_per_example",
+    "active_corr_n_nonzero": "hessian_entries.active.corr_n_nonzero",
+    "active_corr_relative": "hessian_entries.active.corr.relative",
 }
 INTEGER = ("n_valid", "n_active_examples", "corr_n_nonzero", "coskew_nonzero", "cokurt_nonzero", "entries.")
 
@@ -98,7 +102,7 @@ def gather(run_dir: Path, history: dict, m) -> dict:
         h, lp, lq = store.read(g, "h"), store.read(g, "layer_p"), store.read(g, "layer_q")
         valid = store.read(g, "valid")
         out[f"{tag}.replicate_var_mean"] = float(np.mean(store.read(g, "std")[valid] ** 2)) if valid.any() else np.nan
-        for name in ("coskew", "cokurt"):
+        for name in ("coskew", "cokurt", "active_coskew", "active_cokurt"):
             if f"{g}/{name}_nonzero" in store.root:
                 out[f"{tag}.{name}_nonzero"] = float(store.read(g, f"{name}_nonzero").sum())
         out.update({f"{tag}.{k}": v for k, v in per_layer_pair(h, lp, lq, n_layers).items()})
@@ -132,8 +136,14 @@ def identity_checks(run_dir: Path, cfg, epoch: int) -> list:
     if valid.sum() >= 2:
         checks += ids.bootstrap_scaling(h[:, valid], s, rng)
         if he.nonzero == "fdr":
-            checks.append(ids.decisions_recomputed(h[:, valid], store.read(g, "corr_count")[valid], he.fdr_q,
-                                                   he.pvalue, he.fdr))
+            from adaptsym.entry_blocks import STREAM_PAIRS, stream
+            from adaptsym.nonzero import pair_rows
+
+            active = store.read(g, "active_example")
+            pairs = pair_rows(np.nonzero(active)[0], stream(cfg.seed, epoch, STREAM_PAIRS))
+            stored = {"marginal": store.read(g, "corr_count")[valid], "active": store.read(g, "active_corr_count")[valid]}
+            checks += ids.decisions_recomputed(h[:, valid], stored, active, pairs, he.fdr_q, he.pvalue, he.fdr,
+                                               he.active_test, he.mild_skew)
     if he.design.kind == "block" and he.design.stratify:
         checks.append(ids.design_coverage(lp, lq, model.n_layers))
     return checks

@@ -31,10 +31,16 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-COLUMNS = ("z_fraction", "z_fraction_exact", "z_fraction_ci_low", "z_fraction_ci_high", "z_fraction_per_example",
-           "z_fraction_per_example_ci_low", "z_fraction_per_example_ci_high", "corr.relative",
-           "corr.relative_ci_low", "corr.relative_ci_high", "corr.untestable", "corr.min_detectable_rho",
-           "n_active_examples", "pool_size", "n_valid")
+# per reading (marginal: over the pool; active: over its examples with margin < 1), then shared
+READING_COLUMNS = ("z_fraction_exact", "z_fraction_exact_ci_low", "z_fraction_exact_ci_high", "z_forced_fraction",
+                   "z_fraction_per_example", "z_fraction_per_example_ci_low", "z_fraction_per_example_ci_high",
+                   "z_forced_fraction_per_example", "corr.relative", "corr.relative_ci_low", "corr.relative_ci_high",
+                   "corr.untestable", "corr.min_detectable_rho")
+COLUMNS = tuple(f"{r}.{c}" for r in ("marginal", "active") for c in READING_COLUMNS) + (
+    "n_active_examples", "pool_size", "n_valid")
+# verdict columns: (claim index in `verdict.judge`'s rows of a two-reading store, column name)
+VERDICTS = ((0, "verdict_z"), (1, "verdict_z_active"), (2, "verdict_z_per_example"),
+            (3, "verdict_z_per_example_active"), (4, "verdict_corr"), (5, "verdict_corr_active"))
 
 
 class System(BaseModel):
@@ -118,34 +124,39 @@ def figure(path: Path, rows: list[dict], systems: list[str]) -> None:
 
     from adaptsym.verdict import PAPER
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), constrained_layout=True)
-    for s in systems:
-        pts = [r for r in rows if r["system"] == s and r["variant"] == "default"]
-        ep = [r["epoch"] for r in pts]
-        for ax, key, band in ((axes[0], "z_fraction_exact", "z_fraction"),
-                              (axes[1], "z_fraction_per_example", "z_fraction_per_example")):
-            y = np.array([r[key] for r in pts])
-            line = ax.plot(ep, y, "o-", label=s)[0]
-            ax.fill_between(ep, [r[f"{band}_ci_low"] for r in pts], [r[f"{band}_ci_high"] for r in pts],
-                            alpha=0.2, color=line.get_color())
-        rel = np.array([r["corr.relative"] for r in pts])
-        ok = np.isfinite(rel) & (rel > 0)
-        if ok.any():
-            axes[2].errorbar(np.array(ep)[ok], rel[ok], fmt="o-", label=s,
-                             yerr=[rel[ok] - np.array([r["corr.relative_ci_low"] for r in pts])[ok],
-                                   np.array([r["corr.relative_ci_high"] for r in pts])[ok] - rel[ok]])
-    for ax, title in ((axes[0], "|z| < 0.15, z at the minibatch size (SPEC)"),
-                      (axes[1], "|z| < 0.15, z per example")):
-        ax.axhline(PAPER["z_fraction"], color="k", ls=":", lw=0.8)
-        ax.set_ylim(0, 1.02)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-    axes[2].axhline(PAPER["corr_relative"], color="k", ls=":", lw=0.8, label="paper 3.39e-4")
-    axes[2].set_yscale("log")
-    axes[2].set_xlabel("epoch")
-    axes[2].set_title("relative correlation coupling size (testable points)", fontsize=9)
-    axes[0].legend(fontsize=6)
-    axes[2].legend(fontsize=6)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8), constrained_layout=True)
+    for row, reading in enumerate(("marginal", "active")):
+        for s in systems:
+            pts = [r for r in rows if r["system"] == s and r["variant"] == "default"]
+            ep = [r["epoch"] for r in pts]
+            for ax, key in ((axes[row][0], f"{reading}.z_fraction_exact"), (axes[row][1], f"{reading}.z_fraction_per_example")):
+                y = np.array([r[key] for r in pts])
+                line = ax.plot(ep, y, "o-", ms=3, label=s)[0]
+                ax.fill_between(ep, [r[f"{key}_ci_low"] for r in pts], [r[f"{key}_ci_high"] for r in pts],
+                                alpha=0.2, color=line.get_color())
+                forced = key.replace("z_fraction_exact", "z_forced_fraction").replace("z_fraction_per", "z_forced_fraction_per")
+                ax.plot(ep, [r[forced] for r in pts], "x:", ms=4, lw=0.8, color=line.get_color())
+            rel = np.array([r[f"{reading}.corr.relative"] for r in pts])
+            ok = np.isfinite(rel) & (rel > 0)
+            if ok.any():
+                axes[row][2].errorbar(np.array(ep)[ok], rel[ok], fmt="o-", ms=3, label=s,
+                                      yerr=[rel[ok] - np.array([r[f"{reading}.corr.relative_ci_low"] for r in pts])[ok],
+                                            np.array([r[f"{reading}.corr.relative_ci_high"] for r in pts])[ok] - rel[ok]])
+        label = "marginal" if reading == "marginal" else "given activity"
+        for ax, title in ((axes[row][0], f"{label}: |z| < 0.15, z at the minibatch size"),
+                          (axes[row][1], f"{label}: |z| < 0.15, z per example")):
+            ax.axhline(PAPER["z_fraction"], color="k", ls=":", lw=0.8)
+            ax.set_ylim(0, 1.02)
+            ax.set_title(title + " (x: forced by sparsity)", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("fraction of entries")
+        axes[row][2].axhline(PAPER["corr_relative"], color="k", ls=":", lw=0.8, label="paper 3.39e-4")
+        axes[row][2].set_yscale("log")
+        axes[row][2].set_xlabel("epoch")
+        axes[row][2].set_ylabel("relative coupling size")
+        axes[row][2].set_title(f"{label}: relative correlation coupling size (testable points)", fontsize=9)
+    axes[0][0].legend(fontsize=6)
+    axes[0][2].legend(fontsize=6)
     fig.suptitle("Regime study, default measurement: bands and bars are 95% intervals; dotted: the paper")
     _save(fig, path)
 
@@ -161,7 +172,7 @@ def variant_figure(path: Path, rows: list[dict], systems: list[str], variants: l
     ref = {(r["system"], r["epoch"]): r for r in rows if r["variant"] == "default"}
     others = [v for v in variants if v != "default"]
     for i, v in enumerate(others):
-        for ax, key, log in ((axes[0], "z_fraction", False), (axes[1], "corr.relative", True)):
+        for ax, key, log in ((axes[0], "marginal.z_fraction_exact", False), (axes[1], "marginal.corr.relative", True)):
             xs, ys = [], []
             for j, s in enumerate(systems):
                 for r in rows:
@@ -237,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"system": s, "variant": v, "epoch": int(epoch), "n_params": int(n_params)}
                     row.update({c: float(sc.get(f"hessian_entries.{c}", np.nan)) for c in COLUMNS})
                     verdicts = judge(sc, config_to_dict(rc), "net", epoch)
-                    row["verdict_z"], row["verdict_corr"] = verdicts[0].face_value, verdicts[1].face_value
+                    row.update({name: verdicts[i].face_value for i, name in VERDICTS})
                     rows.append(row)
                 if tracker:
                     with tracker.run(f"{s}/{v}", nested=True, params={"system": s, "variant": v}):
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             store.write("table", key, np.nan_to_num(np.array([r[key] for r in rows], dtype=np.float64), nan=-1.0),
                         ["row"])
         store.set_attrs({"missing_value": -1.0, "systems": [r["system"] for r in rows], "variants": [r["variant"] for r in rows],
-                         "verdict_z": [r["verdict_z"] for r in rows], "verdict_corr": [r["verdict_corr"] for r in rows],
+                         **{name: [r[name] for r in rows] for _, name in VERDICTS},
                          "config": cfg.model_dump(mode="json"), **provenance()}, group="table")
         figure(out_dir / "regime_default.png", rows, systems)
         variant_figure(out_dir / "regime_variants.png", rows, systems, variants)

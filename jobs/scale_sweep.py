@@ -27,14 +27,19 @@ STATS = ("corr", "coskew", "cokurt")
 def collect(scalars: dict) -> dict | None:
     """The sweep's numbers from one checkpoint's scalars (None if its statistics were skipped)."""
     p = "hessian_entries."
-    if f"{p}z_fraction" not in scalars:
+    if f"{p}marginal.z_fraction" not in scalars:
         return None
-    out = {"z_fraction": scalars[f"{p}z_fraction"], "z_fraction_std": scalars.get(f"{p}z_fraction_std", np.nan),
+    out = {"z_fraction": scalars[f"{p}marginal.z_fraction"],
+           "z_fraction_std": scalars.get(f"{p}marginal.z_fraction_exact_std", np.nan),
+           "z_forced_fraction_per_example": scalars.get(f"{p}marginal.z_forced_fraction_per_example", np.nan),
+           "active_z_fraction": scalars.get(f"{p}active.z_fraction_exact", np.nan),
            "n_active": scalars.get(f"{p}n_active_examples", np.nan),
-           "corr_min_detectable_rho": scalars.get(f"{p}corr.min_detectable_rho", np.nan)}
-    for st in STATS:
-        for k in ("relative", "relative_std", "exponent", "exponent_std", "log10_absolute", "untestable"):
-            out[f"{st}_{k}"] = scalars.get(f"{p}{st}.{k}", np.nan)
+           "corr_min_detectable_rho": scalars.get(f"{p}marginal.corr.min_detectable_rho", np.nan),
+           "active_corr_min_detectable_rho": scalars.get(f"{p}active.corr.min_detectable_rho", np.nan)}
+    for reading, tag in (("marginal", ""), ("active", "active_")):  # both readings (docs/statistics.md)
+        for st in STATS:
+            for k in ("relative", "relative_std", "exponent", "exponent_std", "log10_absolute", "untestable"):
+                out[f"{tag}{st}_{k}"] = scalars.get(f"{p}{reading}.{st}.{k}", np.nan)
     return out
 
 

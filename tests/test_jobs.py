@@ -84,7 +84,7 @@ def test_submit_runs_a_measure_job_logged_over_http(ray_head, mlflow_server, tmp
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.ray_job_id = '{job_id}'")
     kinds = sorted(r.data.tags.get("kind", "nested") for r in runs)
     assert kinds == ["measure", "nested"]  # the measure run and its checkpoint's nested run
-    assert any("hessian_entries.z_fraction" in r.data.metrics for r in runs)
+    assert any("hessian_entries.marginal.z_fraction" in r.data.metrics for r in runs)
 
 
 def test_submit_rejects_a_bad_config_before_anything_is_sent(ray_head, tmp_path):

@@ -40,18 +40,23 @@ def test_measure_writes_zarr_and_mlflow(trained, tmp_path):
         assert ds["h"].dims == ("example", "entry") and ds["h"].shape == (64, K)
         assert ds["corr_submatrix"].dims == ("sub_a", "sub_b")
         sc = store.attrs(g)["scalars"]
-        for key in ("hessian_entries.z_fraction", "hessian_entries.z_fraction_std"):
-            assert np.isfinite(sc[key]), key
-        # every coupling statistic is either a number or untestable with its reason, never a silent 0
+        for key in ("marginal.z_fraction", "marginal.z_fraction_exact_std", "active.z_fraction_exact",
+                    "marginal.z_forced_fraction_per_example", "active.z_forced_fraction_per_example"):
+            assert np.isfinite(sc[f"hessian_entries.{key}"]), key
+        # every coupling statistic, in both readings, is a number or untestable with its reason, never a silent 0
         untestable = store.attrs(f"{g}/hessian_entries").get("untestable", {})
-        for name in ("corr", "coskew", "cokurt"):
-            assert sc[f"hessian_entries.{name}.n_active"] == sc["hessian_entries.n_active_examples"]
+        A = int(sc["hessian_entries.n_active_examples"])
+        for name in [f"{r}.{st}" for r in ("marginal", "active") for st in ("corr", "coskew", "cokurt")]:
+            assert sc[f"hessian_entries.{name}.n_active"] == A
             if sc[f"hessian_entries.{name}.untestable"]:
                 assert np.isnan(sc[f"hessian_entries.{name}.exponent"])
-                assert f"{int(sc['hessian_entries.n_active_examples'])} active examples" in untestable[name]
+                assert f"{A} active examples" in untestable[name]
             else:
                 assert np.isfinite(sc[f"hessian_entries.{name}.exponent"]) and name not in untestable
-        assert np.all(ds["n_active"].values == np.count_nonzero(ds["h"].values, axis=0))
+        assert np.all(ds["n_nonzero"].values == np.count_nonzero(ds["h"].values, axis=0))
+        # the active examples: exactly the rows with margin <= 1, and every non-zero row among them
+        active = ds["active_example"].values
+        assert active.sum() == A and not np.any(ds["h"].values[~active])
         h = ds["h"].values
         # structural zeros are exactly 0; the exact mean over S is the pool mean of the stored h
         valid = ds["valid"].values
@@ -63,25 +68,30 @@ def test_measure_writes_zarr_and_mlflow(trained, tmp_path):
     assert len(measure) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == measure[0].info.run_id]
     assert sorted(r.info.run_name for r in children) == ["epoch_0000", "epoch_0001", "epoch_0003"]
-    assert "hessian_entries.z_fraction" in children[0].data.metrics
+    assert {"hessian_entries.marginal.z_fraction", "hessian_entries.active.z_fraction_exact",
+            "hessian_entries.active.corr.n_active"} <= set(children[0].data.metrics)
 
 
 def test_stored_counts_equal_the_in_memory_references(trained):
-    """The tiled, streaming pipeline against `coupling_counts` and the co-moment functions."""
-    from adaptsym.comoments import decide, tuple_statistics
-    from adaptsym.correlation import coupling_counts, standardise
-    from adaptsym.entry_blocks import STREAM_COUNTS, stream
+    """The tiled, streaming pipeline against the in-memory references of both readings."""
+    from adaptsym.comoments import decide, pool_statistics, tuple_statistics
+    from adaptsym.correlation import reading_decisions, standardise, standardise_over
+    from adaptsym.entry_blocks import STREAM_COUNTS, STREAM_PAIRS, stream
     from adaptsym.bootstrap import multinomial_counts, replicates
+    from adaptsym.nonzero import pair_rows
 
     cfg, run_dir = trained
     measure_run(run_dir, cfg=cfg, epochs=[0], progress=False)
     store = RunStore.for_run(run_dir, mode="r")
     g = "epoch_0000/hessian_entries"
-    h, valid = store.read(g, "h"), store.read(g, "valid")
+    h, valid, active = store.read(g, "h"), store.read(g, "valid"), store.read(g, "active_example")
     assert valid.sum() > 20
     mc = cfg.measure.hessian_entries
-    ref = coupling_counts(standardise(h[:, valid]), q=mc.fdr_q, block=7, pvalue=mc.pvalue, fdr=mc.fdr)
-    np.testing.assert_array_equal(store.read(g, "corr_count")[valid], ref.counts)
+    pairs = pair_rows(np.nonzero(active)[0], stream(cfg.seed, 0, STREAM_PAIRS))
+    ref = reading_decisions(h[:, valid], active, q=mc.fdr_q, pvalue=mc.pvalue, fdr=mc.fdr, active_test=mc.active_test,
+                            mild_skew=mc.mild_skew, pairs=pairs)
+    for reading, tag in (("marginal", ""), ("active", "active_")):
+        np.testing.assert_array_equal(store.read(g, f"{tag}corr_count")[valid], ref[reading].counts(int(valid.sum())))
     s = mc.minibatch
     counts = multinomial_counts(h.shape[0], s, mc.replicates, stream(cfg.seed, 0, STREAM_COUNTS))
     X = replicates(h, counts, s)
@@ -89,11 +99,56 @@ def test_stored_counts_equal_the_in_memory_references(trained):
     for name in ("coskew", "cokurt"):
         tup = store.read(g, f"{name}_tuples")
         u, local = np.unique(tup, return_inverse=True)
-        value, _, tstat = tuple_statistics(standardise(X[:, u]), standardise(h[:, u]), local.reshape(tup.shape))
+        local = local.reshape(tup.shape)
+        value, _, tstat = tuple_statistics(standardise(X[:, u]), standardise(h[:, u]), local)
         np.testing.assert_allclose(store.read(g, f"{name}_value"), value, rtol=1e-10, atol=1e-12)
-        nonzero = decide(value, tstat, mc.nonzero, mc.fdr_q, mc.threshold, mc.pvalue, mc.fdr)
-        np.testing.assert_array_equal(store.read(g, f"{name}_nonzero"), nonzero)
-        np.testing.assert_array_equal(store.read(g, f"{name}_active"), np.all(h[:, tup] != 0, axis=2).sum(axis=0))
+        np.testing.assert_allclose(store.read(g, f"{name}_tstat"), tstat, rtol=1e-10, atol=1e-12)
+        a_value, a_tstat = pool_statistics(standardise_over(h[:, u], active), local)
+        np.testing.assert_allclose(store.read(g, f"active_{name}_tstat"), a_tstat, rtol=1e-10, atol=1e-12)
+        order = tup.shape[1]
+        np.testing.assert_allclose(store.read(g, f"active_{name}_value"), a_value / s ** ((order - 2) / 2),
+                                   rtol=1e-10, atol=1e-12)
+        nonzero = decide(a_value, a_tstat, mc.nonzero, mc.fdr_q, mc.threshold, mc.pvalue, mc.fdr)
+        if not store.attrs(g).get("untestable", {}).get(f"active.{name}"):
+            np.testing.assert_array_equal(store.read(g, f"active_{name}_nonzero"), nonzero)
+        np.testing.assert_array_equal(store.read(g, f"{name}_n_nonzero"), np.all(h[:, tup] != 0, axis=2).sum(axis=0))
+
+
+def test_the_bounds_the_docs_state_hold_on_stored_data(trained):
+    """Every bound docs/statistics.md states, checked on real measured, stored data (all checkpoints of
+    a trained network): |mean / sd| <= sqrt(p / (1 - p)) per entry in both readings (p over the
+    pool, and over its active examples), forced entries below the cut, |T| <= sqrt(A) for every
+    stored test statistic of the active reading and <= sqrt(n) for the marginal one; and the
+    statement the docs withdrew (|T| <= sqrt(examples where every member is non-zero)) is not
+    relied on: the check uses the rows behind each reading."""
+    from adaptsym.entry_stats import sparsity_bound
+
+    cfg, run_dir = trained
+    measure_run(run_dir, cfg=cfg, progress=False)
+    store = RunStore.for_run(run_dir, mode="r")
+    s, cut = cfg.measure.hessian_entries.minibatch, cfg.measure.hessian_entries.z_cut
+    for epoch in (0, 1, 3):
+        g = f"epoch_{epoch:04d}/hessian_entries"
+        sc = store.attrs(f"epoch_{epoch:04d}")["scalars"]
+        h, valid, active = store.read(g, "h"), store.read(g, "valid"), store.read(g, "active_example")
+        n, A = h.shape[0], int(active.sum())
+        p, p_act = store.read(g, "p_nonzero"), store.read(g, "p_nonzero_active")
+        np.testing.assert_allclose(p, np.count_nonzero(h, axis=0) / n)
+        # the active reading is over the active rows alone (not the pool standardised, then cut)
+        ha, act_valid = h[active], store.read(g, "active_valid")
+        np.testing.assert_allclose(store.read(g, "active_z")[act_valid],
+                                   (np.sqrt(s) * ha.mean(0) / ha.std(0))[act_valid], rtol=1e-10)
+        for z, pp, ok in ((h.mean(0) / np.where(h.std(0) > 0, h.std(0), 1), p, valid),
+                          (store.read(g, "active_z") / np.sqrt(s), p_act, store.read(g, "active_valid"))):
+            assert np.all(np.abs(z[ok]) <= sparsity_bound(pp[ok]) * (1 + 1e-9) + 1e-12)
+        forced = (np.sqrt(s) * sparsity_bound(p) < cut) & valid
+        assert sc["hessian_entries.marginal.z_forced_fraction"] == pytest.approx(forced.sum() / valid.sum())
+        z_s = np.sqrt(s) * h.mean(0)[forced] / h.std(0)[forced]
+        assert np.all(np.abs(z_s) < cut)
+        for name in ("coskew", "cokurt"):
+            if store.has(g, f"{name}_tstat"):
+                assert np.all(np.abs(store.read(g, f"active_{name}_tstat")) <= np.sqrt(A) + 1e-9)
+                assert np.all(np.abs(store.read(g, f"{name}_tstat")) <= np.sqrt(n) + 1e-9)
 
 
 def test_rerun_skips_complete_and_resumes_unfinished_tiles(trained):
@@ -119,7 +174,8 @@ def test_rerun_skips_complete_and_resumes_unfinished_tiles(trained):
     assert res.scalars[1]["hessian_entries.tiles_computed"] == len(lost)
     assert store.is_complete("epoch_0001")
     np.testing.assert_array_equal(store.read(g, "h"), before)
-    for key in ("hessian_entries.z_fraction", "hessian_entries.corr.relative", "hessian_entries.cokurt.relative"):
+    for key in ("hessian_entries.marginal.z_fraction", "hessian_entries.marginal.corr.relative",
+                "hessian_entries.active.corr.relative", "hessian_entries.active.cokurt.relative"):
         np.testing.assert_equal(res.scalars[1][key], scalars[key])
 
 

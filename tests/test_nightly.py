@@ -88,7 +88,7 @@ MUTANTS = {  # mutation -> quantities the nightly must name (at least one of eac
                                                    "last.replicate_var_mean"}),
     "hinge_margin_0.9": (_hinge_margin_0_9, {"identity.entries_vs_autograd_max_abs", "train.final_loss"}),
     "transposed_index_map": (_transposed_index_map, {"identity.entries_vs_autograd_max_abs"}),
-    "fdr_q_ignored": (_fdr_q_ignored, {"identity.corr_counts_mismatch", "last.corr_n_nonzero"}),
+    "fdr_q_ignored": (_fdr_q_ignored, {"identity.active_corr_counts_mismatch", "last.active_corr_n_nonzero"}),
     "dropped_layer_pair": (_dropped_layer_pair_stratum, {"identity.design_missing_layer_pairs", "last.entries.L0-L2"}),
 }
 

@@ -34,14 +34,19 @@ def test_tiny_study_writes_the_table(tmp_path, capsys):
     from adaptsym.store import RunStore
 
     store = RunStore(tmp_path / "out" / "tiny-regime" / "regime.zarr", mode="r")
-    assert len(store.read("table", "z_fraction")) == 6 and store.attrs("table")["missing_value"] == -1.0
+    assert len(store.read("table", "marginal.z_fraction_exact")) == 6 and store.attrs("table")["missing_value"] == -1.0
+    assert len(store.read("table", "active.corr.relative")) == 6
     default = {r["epoch"]: r for r in rows if r["variant"] == "default"}
     active = {r["epoch"]: r for r in rows if r["variant"] == "active-pool"}
     for e in (0, 2):
         d = default[e]
-        assert d["z_fraction_ci_low"] <= d["z_fraction_ci_high"]
-        assert d["z_fraction_ci_low"] - 0.1 <= d["z_fraction_exact"] <= d["z_fraction_ci_high"] + 0.1
-        assert d["verdict_z"] in ("reproduced", "not reproduced", "inconclusive", "untested")
+        for reading in ("marginal", "active"):  # both readings, each with its interval and verdicts
+            key = f"{reading}.z_fraction_exact"
+            assert d[f"{key}_ci_low"] <= d[f"{key}_ci_high"]
+            assert d[f"{key}_ci_low"] - 0.1 <= d[key] <= d[f"{key}_ci_high"] + 0.1
+            assert 0 <= d[f"{reading}.z_forced_fraction_per_example"] <= 1
+        for name in ("verdict_z", "verdict_z_active", "verdict_z_per_example", "verdict_corr_active"):
+            assert d[name] in ("reproduced", "not reproduced", "inconclusive", "untested", "forced by sparsity")
     # the active pool holds only examples with margin < 1: more of its examples carry non-zero
     # entries than in the seeded pool of all examples, once training has pushed margins past 1
     a, d = active[2], default[2]

@@ -36,7 +36,8 @@ def test_every_figure_renders_from_the_store(measured, tmp_path):
             assert im.format == "PNG"
     text = rep.html.read_text()
     assert text.startswith("<!doctype html>") and text.count("data:image/png;base64,") == len(FIGURES)
-    assert "hessian_entries.z_fraction" in text
+    assert "hessian_entries.marginal.z_fraction" in text and "hessian_entries.active.z_forced_fraction" in text
+    assert "given activity" in text and "forced by sparsity" in text
 
 
 def test_missing_arrays_skip_only_their_figure(measured, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from adaptsym.entry_stats import (Z_BATCHES, batch_cuts, fraction_interval, moment_intervals, predicted_moments,
                                   z_resample_counts)
-from adaptsym.verdict import PAPER, judge
+from adaptsym.verdict import PAPER, format_rows, judge
 
 PAPER_CFG = {"models": {"vgg12": {"kind": "vgg12", "width_multiplier": 1.0}}, "data": {"name": "cifar10-binary"}}
 DEMO_CFG = {"models": {"cnn": {"kind": "cnn"}}, "data": {"name": "digits-binary"}}
@@ -58,34 +58,86 @@ def test_z_fraction_at_other_batch_sizes_equals_direct_computation():
     assert lo <= point <= hi and hi - lo < 0.2
 
 
-def scalars(z, lo, hi, rel=1e-4, rlo=5e-5, rhi=2e-4, untestable=0.0):
-    return {"hessian_entries.z_fraction": z, "hessian_entries.z_fraction_ci_low": lo,
-            "hessian_entries.z_fraction_ci_high": hi, "hessian_entries.z_cut": 0.15,
-            "hessian_entries.corr.relative": rel, "hessian_entries.corr.relative_ci_low": rlo,
-            "hessian_entries.corr.relative_ci_high": rhi, "hessian_entries.corr.untestable": untestable,
-            "hessian_entries.n_params": 9664704, "hessian_entries.pool_size": 512,
-            "hessian_entries.n_active_examples": 300}
+def scalars(z, lo, hi, rel=1e-4, rlo=5e-5, rhi=2e-4, untestable=0.0, forced=0.0, free=None, per_example=None):
+    """A checkpoint's scalars in both readings (the same numbers in each unless said otherwise)."""
+    pe = per_example or (z, lo, hi, forced, z if free is None else free)
+    out = {"hessian_entries.z_cut": 0.15, "hessian_entries.minibatch": 64, "hessian_entries.n_params": 9664704,
+           "hessian_entries.pool_size": 512, "hessian_entries.n_active_examples": 300}
+    for r in ("marginal", "active"):
+        p = f"hessian_entries.{r}."
+        out.update({p + "n_rows": 512 if r == "marginal" else 300, p + "z_fraction_exact": z,
+                    p + "z_fraction_exact_ci_low": lo, p + "z_fraction_exact_ci_high": hi,
+                    p + "z_forced_fraction": forced, p + "z_fraction_unforced": z if free is None else free,
+                    p + "z_fraction_per_example": pe[0], p + "z_fraction_per_example_ci_low": pe[1],
+                    p + "z_fraction_per_example_ci_high": pe[2], p + "z_forced_fraction_per_example": pe[3],
+                    p + "z_fraction_unforced_per_example": pe[4], p + "corr.relative": rel,
+                    p + "corr.relative_ci_low": rlo, p + "corr.relative_ci_high": rhi, p + "corr.untestable": untestable})
+    return out
+
+
+def rows_by(verdicts):
+    """{(claim kind, reading): Verdict}, claim kind in concentration / per example / sparsity."""
+    kind = lambda v: "sparsity" if "coupling" in v.claim else ("per example" if "per example" in v.claim  # noqa: E731
+                                                               else "concentration")
+    return {(kind(v), v.reading): v for v in verdicts}
 
 
 @pytest.mark.parametrize("z,lo,hi,want", [(0.97, 0.96, 0.98, "reproduced"), (0.5, 0.4, 0.6, "not reproduced"),
                                           (0.95, 0.93, 0.97, "inconclusive")])
 def test_concentration_verdict_in_the_papers_regime(z, lo, hi, want):
-    v = judge(scalars(z, lo, hi), PAPER_CFG, "vgg12", 300)[0]
-    assert v.verdict == want and v.face_value == want and "vgg12" in v.regime and "epoch 300" in v.regime
+    rows = rows_by(judge(scalars(z, lo, hi), PAPER_CFG, "vgg12", 300))
+    for reading in ("marginal", "active"):
+        v = rows[("concentration", reading)]
+        assert v.verdict == want and v.face_value == want and "vgg12" in v.regime and "epoch 300" in v.regime
+    # the marginal reading at the minibatch size is the paper's definition; nothing else is
+    defined = [key for key, v in rows.items() if v.paper_definition]
+    assert sorted(defined) == [("concentration", "marginal"), ("sparsity", "marginal")]
+
+
+def test_forced_by_sparsity():
+    """The sparsity bound forces the fraction: when it alone puts >= 95% of the entries below the cut,
+    or when the fraction reaches 0.95 only with the entries it forces, the verdict says "forced by
+    sparsity" in the paper's regime and outside it, with the share in its reasons."""
+    forced = rows_by(judge(scalars(0.2, 0.1, 0.3, per_example=(1.0, 1.0, 1.0, 0.98, 1.0)), PAPER_CFG, "vgg12", 300))
+    v = forced[("per example", "marginal")]
+    assert v.verdict == v.face_value == "forced by sparsity" and "98%" in v.why and v.forced == 0.98
+    demo = rows_by(judge(scalars(0.2, 0.1, 0.3, per_example=(1.0, 1.0, 1.0, 0.98, 1.0)), DEMO_CFG, "cnn", 30))
+    assert demo[("per example", "marginal")].verdict == "forced by sparsity"
+    partly = rows_by(judge(scalars(0.97, 0.96, 0.99, forced=0.5, free=0.93), PAPER_CFG, "vgg12", 300))
+    assert partly[("concentration", "marginal")].verdict == "forced by sparsity"
+    assert "only with the entries the bound forces" in partly[("concentration", "marginal")].why
+    free = rows_by(judge(scalars(0.97, 0.96, 0.99, forced=0.1, free=0.97), PAPER_CFG, "vgg12", 300))
+    assert free[("concentration", "marginal")].verdict == "reproduced"
+    assert "forces 10% of the entries" in free[("concentration", "marginal")].why
 
 
 def test_sparsity_verdict_and_regimes():
-    inside = judge(scalars(0.9, 0.8, 0.95, rel=3e-4, rlo=2e-4, rhi=4e-4), PAPER_CFG, "vgg12", 10)[1]
-    assert inside.verdict == "reproduced" and PAPER["corr_relative"] == 3.39e-4
-    above = judge(scalars(0.9, 0.8, 0.95, rel=0.2, rlo=0.15, rhi=0.25), PAPER_CFG, "vgg12", 10)[1]
-    assert above.verdict == "not reproduced" and "above" in above.why
-    untestable = judge(scalars(0.9, 0.8, 0.95, rel=np.nan, rlo=np.nan, rhi=np.nan, untestable=1.0),
-                       PAPER_CFG, "vgg12", 10)[1]
-    assert untestable.verdict == "untested" and "active" in untestable.why
+    inside = rows_by(judge(scalars(0.9, 0.8, 0.95, rel=3e-4, rlo=2e-4, rhi=4e-4), PAPER_CFG, "vgg12", 10))
+    assert inside[("sparsity", "marginal")].verdict == "reproduced" and PAPER["corr_relative"] == 3.39e-4
+    above = rows_by(judge(scalars(0.9, 0.8, 0.95, rel=0.2, rlo=0.15, rhi=0.25), PAPER_CFG, "vgg12", 10))
+    assert above[("sparsity", "active")].verdict == "not reproduced" and "above" in above[("sparsity", "active")].why
+    untestable = rows_by(judge(scalars(0.9, 0.8, 0.95, rel=np.nan, rlo=np.nan, rhi=np.nan, untestable=1.0),
+                               PAPER_CFG, "vgg12", 10))
+    assert untestable[("sparsity", "marginal")].verdict == "untested" and "active" in untestable[("sparsity", "marginal")].why
     # the demo's small CNN on digits is not the paper's regime, whatever the numbers say
     demo = judge(scalars(0.97, 0.96, 0.98), DEMO_CFG, "cnn", 5)
-    assert [v.verdict for v in demo] == ["untested in this regime"] * 2
+    assert len(demo) == 6 and {v.verdict for v in demo} == {"untested in this regime"}
     assert demo[0].face_value == "reproduced" and "not the paper's regime" in demo[0].why
+
+
+def test_stores_from_before_the_two_readings_are_judged_in_the_marginal_one():
+    old = {"hessian_entries.z_fraction_exact": 0.3, "hessian_entries.z_fraction_ci_low": 0.2,
+           "hessian_entries.z_fraction_ci_high": 0.4, "hessian_entries.corr.relative": 0.01,
+           "hessian_entries.corr.relative_ci_low": 0.005, "hessian_entries.corr.relative_ci_high": 0.02,
+           "hessian_entries.z_cut": 0.15}
+    rows = judge(old, PAPER_CFG, "vgg12", 3)
+    assert [v.reading for v in rows] == ["marginal"] * 3
+    assert rows[0].ours == 0.3 and rows[0].ci_low == 0.2 and rows[0].face_value == "not reproduced"
+
+
+def test_console_lines_are_short():
+    text = format_rows(judge(scalars(0.47, 0.537, 0.801), DEMO_CFG, "cnn", 5))
+    assert max(len(line) for line in text.splitlines()) <= 110 and "sparsity bound" in text
 
 
 def test_basic_interval_reflects_the_resampling_bias():
