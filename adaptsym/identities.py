@@ -201,6 +201,40 @@ def decisions_recomputed(h: np.ndarray, stored: dict, active: np.ndarray, pairs:
     return out
 
 
+def documented_bounds(store, group: str, s: int, cut: float) -> list[Check]:
+    """The bounds `docs/statistics.md` states, on one stored measurement (`<group>/hessian_entries`):
+    |mean / sd| <= sqrt(p / (1 - p)) per entry over the pool and over the active examples, the
+    forced share recounted, |T| <= sqrt(A) for every stored co-moment statistic of the active reading
+    and <= sqrt(n) for the marginal one. Each check's value is the number of violations (exact: 0)."""
+    from .entry_stats import sparsity_bound
+
+    g = f"{group}/hessian_entries"
+    h, valid, active = store.read(g, "h"), store.read(g, "valid"), store.read(g, "active_example")
+    n, A = h.shape[0], int(active.sum())
+    sd = h.std(axis=0)
+    z_pe = np.where(sd > 0, h.mean(axis=0) / np.where(sd > 0, sd, 1.0), 0.0)
+    bound = sparsity_bound(store.read(g, "p_nonzero")) * (1 + 1e-9) + 1e-12
+    act_valid = store.read(g, "active_valid")
+    act_z = store.read(g, "active_z") / np.sqrt(s)
+    act_bound = sparsity_bound(store.read(g, "p_nonzero_active")) * (1 + 1e-9) + 1e-12
+    forced = (np.sqrt(s) * sparsity_bound(store.read(g, "p_nonzero")) < cut) & valid
+    stored = store.attrs(group)["scalars"].get("hessian_entries.marginal.z_forced_fraction", np.nan)
+    out = [Check("identity.marginal_sparsity_bound_violations", 0.0, float(np.sum(np.abs(z_pe[valid]) > bound[valid])),
+                 0.0, "|mean / sd| <= sqrt(p / (1 - p)) over the pool (exact)"),
+           Check("identity.active_sparsity_bound_violations", 0.0,
+                 float(np.sum(np.abs(act_z[act_valid]) > act_bound[act_valid])), 0.0,
+                 "|mean / sd| <= sqrt(p / (1 - p)) over the active examples (exact)"),
+           Check("identity.forced_fraction_dev", 0.0, abs(float(forced.sum() / max(valid.sum(), 1)) - stored), 1e-12,
+                 "the stored forced share recounted from p (exact)")]
+    for name in ("coskew", "cokurt"):
+        if store.has(g, f"{name}_tstat"):
+            bad = np.sum(np.abs(store.read(g, f"active_{name}_tstat")) > np.sqrt(A) + 1e-9) + np.sum(
+                np.abs(store.read(g, f"{name}_tstat")) > np.sqrt(n) + 1e-9)
+            out.append(Check(f"identity.{name}_tstat_bound_violations", 0.0, float(bad), 0.0,
+                             "|T| <= sqrt(A) given activity, <= sqrt(n) over the pool (exact)"))
+    return out
+
+
 def design_coverage(layer_p: np.ndarray, layer_q: np.ndarray, n_layers: int) -> Check:
     seen = {(int(a), int(b)) for a, b in zip(layer_p, layer_q)}
     missing = sum((a, b) not in seen for a in range(n_layers) for b in range(n_layers))

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .store import RunStore  # noqa: E402
 from .verdict import PAPER, READING_LABEL, judge, legacy_key  # noqa: E402
@@ -215,6 +216,7 @@ def fig7ab(r: _Reader, fig):
     ax2.plot([], [], "kx:", lw=0.8, label="forced below the cut by sqrt(p / (1 - p)) (same colour)")
     ax2.set_ylim(0, 1.02)
     ax2.set_xlabel("epoch")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_ylabel("fraction of entries with |z| < cut")
     ax2.legend(fontsize=6)
     ax2.set_title("Fig 7b: fraction |z| < cut (band: 95% interval over resamples of the examples)", fontsize=9)
@@ -267,19 +269,25 @@ def fig7c(r: _Reader, fig):
         except MissingData:
             pass
         _band(r, ax, ep, f"{name}.exponent", ex, color=line.get_color())
-        live = [(e, x, v) for e, x, v in zip(ep, ex, rel) if np.isfinite(x)]
+        live = [(e, x, v) for e, x, v in zip(ep, ex, rel) if np.isfinite(x) and v > 0]
         if live:
-            ax.annotate(f"{live[-1][2]:.2e}", live[-1][:2], fontsize=7, xytext=(4, 0), textcoords="offset points")
-        gone = [e for e, x in zip(ep, ex) if not np.isfinite(x)]
-        if gone:  # untestable: too few active examples for the non-zero test
-            ax.plot(gone, [0.0] * len(gone), "x", color=line.get_color(), transform=ax.get_xaxis_transform())
+            ax.annotate(f"{live[-1][2]:.2g}", live[-1][:2], fontsize=7, xytext=(4, 0), textcoords="offset points")
+        try:  # untestable: too few active examples for the non-zero test (sizes NaN, flag 1)
+            uep, flag = r.scalar("hessian_entries", f"{name}.untestable")
+            gone = [e for e, u in zip(uep, flag) if u > 0]
+        except MissingData:
+            gone = []
+        if gone:
+            ax.plot(gone, [0.02] * len(gone), "x", ms=8, color=line.get_color(), transform=ax.get_xaxis_transform())
     if not found:
         raise MissingData("scalars hessian_entries.{marginal,active}.{corr,coskew,cokurt}.exponent")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("exponent of N in the coupling set size")
-    ax.legend(fontsize=8)
-    fig.suptitle("Fig 7c: coupling set sizes (label: non-zero ratio at the last testable epoch; open triangle: "
-                 "upper bound; x on the axis: untestable)", fontsize=9)
+    ax.plot([], [], "v", ms=8, mfc="white", color="grey", label="nothing detected: upper bound")
+    ax.plot([], [], "x", ms=8, color="grey", label="untestable (too few active examples)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Fig 7c: coupling set sizes (label: relative size at the last\nepoch with a detection)", fontsize=9)
 
 
 def fig8a(r: _Reader, fig):
@@ -323,7 +331,7 @@ def fig8b(r: _Reader, fig):
 FIGURES = [("fig3a_weights", fig3a, (12, 3.5)), ("fig3b_circuits", fig3b, (12, 6)),
            ("fig4a_gradients", fig4a, (12, 3.5)), ("fig4b_plasticity", fig4b, (7, 4)),
            ("fig6a_entries", fig6a, (12, 4)), ("fig6bc_correlations", fig6bc, (10, 4.5)),
-           ("fig7ab_normalised_means", fig7ab, (11, 4)), ("fig7c_coupling", fig7c, (7, 4.5)),
+           ("fig7ab_normalised_means", fig7ab, (12, 4.5)), ("fig7c_coupling", fig7c, (9, 4.5)),
            ("fig8a_spectrum", fig8a, (8, 4.5)), ("fig8b_loss_accuracy", fig8b, (10, 4))]
 
 

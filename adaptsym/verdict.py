@@ -126,7 +126,7 @@ def _concentration(scalars: dict, reading: str, per_example: bool, cut: float) -
         if forced >= level:
             face = FORCED
             why += f": the bound alone puts at least {level:.0%} of the entries below the cut, whatever their values"
-        elif face in ("reproduced", "inconclusive") and np.isfinite(free) and free < level:
+        elif face in ("reproduced", "inconclusive") and z >= level and np.isfinite(free) and free < level:
             face = FORCED
             why += f": the fraction reaches {level} only with the entries the bound forces"
     return z, lo, hi, forced, free, face, why
@@ -175,6 +175,12 @@ def judge(scalars: dict, config: dict, model_name: str, epoch: int) -> list[Verd
             r.verdict = "untested in this regime"
             r.why = f"{r.why}; not the paper's regime ({PAPER_REGIME})"
     return rows
+
+
+def key(v: Verdict) -> str:
+    """A short name of a row's claim and reading: z, z_per_example or corr, with `_active` given activity."""
+    kind = "corr" if "coupling" in v.claim else ("z_per_example" if "per example" in v.claim else "z")
+    return kind + ("_active" if v.reading == "active" else "")
 
 
 def format_rows(rows: list[Verdict], width: int = 100) -> str:

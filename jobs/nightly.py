@@ -144,6 +144,7 @@ def identity_checks(run_dir: Path, cfg, epoch: int) -> list:
             stored = {"marginal": store.read(g, "corr_count")[valid], "active": store.read(g, "active_corr_count")[valid]}
             checks += ids.decisions_recomputed(h[:, valid], stored, active, pairs, he.fdr_q, he.pvalue, he.fdr,
                                                he.active_test, he.mild_skew)
+    checks += ids.documented_bounds(store, f"epoch_{epoch:04d}", s, he.z_cut)
     if he.design.kind == "block" and he.design.stratify:
         checks.append(ids.design_coverage(lp, lq, model.n_layers))
     return checks

@@ -38,9 +38,8 @@ READING_COLUMNS = ("z_fraction_exact", "z_fraction_exact_ci_low", "z_fraction_ex
                    "corr.untestable", "corr.min_detectable_rho")
 COLUMNS = tuple(f"{r}.{c}" for r in ("marginal", "active") for c in READING_COLUMNS) + (
     "n_active_examples", "pool_size", "n_valid")
-# verdict columns: (claim index in `verdict.judge`'s rows of a two-reading store, column name)
-VERDICTS = ((0, "verdict_z"), (1, "verdict_z_active"), (2, "verdict_z_per_example"),
-            (3, "verdict_z_per_example_active"), (4, "verdict_corr"), (5, "verdict_corr_active"))
+# verdict columns, by `verdict.key` of the row (a checkpoint whose statistics were skipped has none)
+VERDICTS = tuple(f"verdict_{k}" for k in ("z", "z_active", "z_per_example", "z_per_example_active", "corr", "corr_active"))
 
 
 class System(BaseModel):
@@ -210,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptsym.tracking import Tracker
     from adaptsym.train import train
     from adaptsym.verdict import judge
+    from adaptsym.verdict import key as verdict_key
 
     try:
         cfg = load(args.config)
@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     sc = m.scalars[epoch]
                     row = {"system": s, "variant": v, "epoch": int(epoch), "n_params": int(n_params)}
                     row.update({c: float(sc.get(f"hessian_entries.{c}", np.nan)) for c in COLUMNS})
-                    verdicts = judge(sc, config_to_dict(rc), "net", epoch)
-                    row.update({name: verdicts[i].face_value for i, name in VERDICTS})
+                    verdicts = {f"verdict_{verdict_key(v)}": v.face_value
+                                for v in judge(sc, config_to_dict(rc), "net", epoch)}
+                    row.update({name: verdicts.get(name, "untested") for name in VERDICTS})
                     rows.append(row)
                 if tracker:
                     with tracker.run(f"{s}/{v}", nested=True, params={"system": s, "variant": v}):
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             store.write("table", key, np.nan_to_num(np.array([r[key] for r in rows], dtype=np.float64), nan=-1.0),
                         ["row"])
         store.set_attrs({"missing_value": -1.0, "systems": [r["system"] for r in rows], "variants": [r["variant"] for r in rows],
-                         **{name: [r[name] for r in rows] for _, name in VERDICTS},
+                         **{name: [r[name] for r in rows] for name in VERDICTS},
                          "config": cfg.model_dump(mode="json"), **provenance()}, group="table")
         figure(out_dir / "regime_default.png", rows, systems)
         variant_figure(out_dir / "regime_variants.png", rows, systems, variants)

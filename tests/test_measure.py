@@ -149,6 +149,11 @@ def test_the_bounds_the_docs_state_hold_on_stored_data(trained):
             if store.has(g, f"{name}_tstat"):
                 assert np.all(np.abs(store.read(g, f"active_{name}_tstat")) <= np.sqrt(A) + 1e-9)
                 assert np.all(np.abs(store.read(g, f"{name}_tstat")) <= np.sqrt(n) + 1e-9)
+        # the same, as the identity the nightly runs on its own run
+        from adaptsym.identities import documented_bounds
+
+        checks = documented_bounds(store, f"epoch_{epoch:04d}", s, cut)
+        assert len(checks) == 5 and all(c.ok for c in checks), [c for c in checks if not c.ok]
 
 
 def test_rerun_skips_complete_and_resumes_unfinished_tiles(trained):

@@ -106,6 +106,9 @@ def test_forced_by_sparsity():
     partly = rows_by(judge(scalars(0.97, 0.96, 0.99, forced=0.5, free=0.93), PAPER_CFG, "vgg12", 300))
     assert partly[("concentration", "marginal")].verdict == "forced by sparsity"
     assert "only with the entries the bound forces" in partly[("concentration", "marginal")].why
+    # an inconclusive fraction below 0.95 is not "forced" because the others are lower still
+    low = rows_by(judge(scalars(0.74, 0.71, 1.0, forced=0.06, free=0.72), PAPER_CFG, "vgg12", 300))
+    assert low[("concentration", "marginal")].verdict == "inconclusive"
     free = rows_by(judge(scalars(0.97, 0.96, 0.99, forced=0.1, free=0.97), PAPER_CFG, "vgg12", 300))
     assert free[("concentration", "marginal")].verdict == "reproduced"
     assert "forces 10% of the entries" in free[("concentration", "marginal")].why
