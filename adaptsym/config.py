@@ -164,7 +164,7 @@ class BlockSpectraSpec(_Strict):
     pairs: list[tuple[int, int]] = Field(default_factory=list)
 
 
-# Every observable `measure` knows (`adaptsym.registry` maps each name to its module); the default
+# Every observable `measure` knows (`adaptsym.observables.registry` maps each name to its module); the default
 # list leaves out `block_spectra`, which is asked for by name.
 OBSERVABLES = ("hessian_entries", "spectrum", "weights", "gradients", "circuits", "block_spectra")
 DEFAULT_OBSERVABLES = OBSERVABLES[:5]

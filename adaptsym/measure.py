@@ -24,22 +24,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .bootstrap import check_pool
+from .nets.checkpoint import CheckpointError, load_checkpoint, missing_scheduled, model_from_checkpoint
+from .stats.bootstrap import check_pool
 from .config import ConfigError, RunConfig, current_layout, parse_config
-from .data import load_dataset
-from .entries import EntryDesign, make_design
-from .indexing import ParamIndex
-from .executor import LocalExecutor
+from .nets.data import load_dataset
+from .curvature.entries import EntryDesign, make_design
+from .nets.indexing import ParamIndex
+from .observables.executor import LocalExecutor
 from .errors import UserFacingError
-from .provenance import resolve_device
-from .observation import Context, Observation
+from .storage.provenance import resolve_device
+from .observables.observation import Context, Observation
 from .progress import bar_off
-from .runlock import run_lock
-from .store import RunStore, checkpoint_group
+from .storage.runlock import run_lock
+from .storage.store import RunStore, checkpoint_group
 from .util import torch_dtype
 from .protocols import Executor
-from .registry import REGISTRY
+from .observables.registry import REGISTRY
 
 
 @dataclass
@@ -118,15 +118,6 @@ def _differences(old, new, prefix: str = "") -> list[str]:
         return [d for k in sorted(set(old) | set(new), key=str)
                 for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
-
-
-def missing_scheduled(run_dir: Path, cfg: RunConfig) -> list[int]:
-    """Scheduled checkpoints that training has passed but whose files are gone."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.exists():
-        return []
-    reached = int(load_checkpoint(last)["epoch"])
-    return [e for e in cfg.train.checkpoints if e <= reached and not (run_dir / "checkpoints" / f"epoch_{e:04d}.pt").exists()]
 
 
 def measure_run(run_dir: str | Path, cfg: RunConfig | None = None, tracker=None, epochs: list[int] | None = None,

@@ -40,20 +40,20 @@ import torch
 from .config import RunConfig
 from .errors import UserFacingError
 from .util import torch_dtype
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .circuits import measure_circuits
+from .nets.checkpoint import load_checkpoint, model_from_checkpoint
+from .observables.circuits import measure_circuits
 from .config import DataSpec, ModelSpec
-from .data import DataError, load_dataset
-from .entries import make_design
-from .entry_blocks import EntryWork
-from .executor import LocalExecutor
-from .hessian_entries import analyse, compute_h, prepare
-from .hvp import PoolHessian, SavedBytes, active_examples
+from .nets.data import DataError, load_dataset
+from .curvature.entries import make_design
+from .observables.entry_blocks import EntryWork
+from .observables.executor import LocalExecutor
+from .observables.hessian_entries import analyse, compute_h, prepare
+from .curvature.hvp import PoolHessian, SavedBytes, active_examples
 from .measure import available_epochs, select_pool
-from .models import BiasFreeNet
-from .per_example import design_tile
-from .store import RunStore
-from .weights import measure_weights
+from .nets.models import BiasFreeNet
+from .curvature.per_example import design_tile
+from .storage.store import RunStore
+from .observables.weights import measure_weights
 
 STARTUP_S = 8.0  # interpreter, imports, store and tracker set-up (measured on the demo: 5-10 s)
 RAY_STARTUP_S = 12.0  # a local Ray head and K actors (measured: 10-15 s)

@@ -1,10 +1,10 @@
 """The two seams that the measurement runs through, as structural types.
 
-- `CurvatureOperator`: the pool Hessian as an operator. `adaptsym.hvp.PoolHessian` (this
+- `CurvatureOperator`: the pool Hessian as an operator. `adaptsym.curvature.hvp.PoolHessian` (this
   process) and `services.executor.ShardedHessian` (Ray actors, one pool shard each) satisfy it;
   `spectrum`, `gradients` and `measure` use nothing else of either.
 - `Executor`: where the block work of the Hessian-entry measurement runs, and who builds the
-  curvature operator. `adaptsym.executor.LocalExecutor` and `services.executor.RayExecutor`
+  curvature operator. `adaptsym.observables.executor.LocalExecutor` and `services.executor.RayExecutor`
   satisfy it.
 
 Both are `runtime_checkable`, and the tests check every implementation against them.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkabl
 import torch
 
 if TYPE_CHECKING:  # type names only: importing them here would be a cycle (entry_blocks uses the store)
-    from .entry_blocks import EntryWork
+    from .observables.entry_blocks import EntryWork
 
 
 @runtime_checkable

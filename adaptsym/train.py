@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from .nets.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_to_dict
-from .data import Dataset, load_dataset
-from .losses import hinge
-from .models import BiasFreeNet
+from .nets.data import Dataset, load_dataset
+from .nets.losses import hinge
+from .nets.models import BiasFreeNet
 from .progress import bar_off
-from .provenance import provenance, resolve_device
-from .runlock import run_lock
-from .store import RunStore
+from .storage.provenance import provenance, resolve_device
+from .storage.runlock import run_lock
+from .storage.store import RunStore
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm2", "omega")
 LAST = "last.pt"

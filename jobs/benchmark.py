@@ -77,11 +77,12 @@ def side_by_side(fns: dict, repeats: int = 5) -> dict:
 
 def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, column_chunk: int,
                 boot_cols: int, B: int, s: int, repeats: int, steps: int = 16) -> dict:
-    from adaptsym.bootstrap import multinomial_counts, replicates, replicates_direct
-    from adaptsym.entries import block_design
-    from adaptsym.hvp import PoolHessian, one_hot_tangents
-    from adaptsym.per_example import design_entries
-    from adaptsym.spectrum import lanczos
+    from adaptsym.curvature.identities import replicates_direct
+    from adaptsym.stats.bootstrap import multinomial_counts, replicates
+    from adaptsym.curvature.entries import block_design
+    from adaptsym.curvature.hvp import PoolHessian, one_hot_tangents
+    from adaptsym.curvature.per_example import design_entries
+    from adaptsym.observables.spectrum import lanczos
 
     rng = np.random.default_rng(0)
     op = PoolHessian(model.plan, model.params(), x, y, method="fwd-rev")
@@ -135,11 +136,11 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
 def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
     """Tile throughput of 2 actors over 1 (torch threads 1 per actor), and the fraction of the
     distributed Hessian-entry measurement's wall time spent outside actor computation."""
-    from adaptsym.entries import make_design
-    from adaptsym.entry_blocks import EntryWork
-    from adaptsym.hessian_entries import analyse, compute_h, prepare
-    from adaptsym.models import BiasFreeNet
-    from adaptsym.store import RunStore
+    from adaptsym.curvature.entries import make_design
+    from adaptsym.observables.entry_blocks import EntryWork
+    from adaptsym.observables.hessian_entries import analyse, compute_h, prepare
+    from adaptsym.nets.models import BiasFreeNet
+    from adaptsym.storage.store import RunStore
     from services.cluster import connect
     from services.executor import RayExecutor
 
@@ -194,7 +195,7 @@ def bench_ensemble(config: Path, tasks: int) -> dict:
     from services.cluster import connect, shutdown  # first: it sets RAY_AUTH_MODE=token before Ray loads
 
     import ray
-    from adaptsym.ensemble import load_effective_config, scenario_data
+    from adaptsym.effective.ensemble import load_effective_config, scenario_data
     from services.ensemble import RayTaskRunner
 
     cfg = load_effective_config(config)
@@ -267,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from adaptsym.config import ModelSpec, load_config
-    from adaptsym.data import load_dataset
-    from adaptsym.models import BiasFreeNet
-    from adaptsym.provenance import resolve_device
+    from adaptsym.nets.data import load_dataset
+    from adaptsym.nets.models import BiasFreeNet
+    from adaptsym.storage.provenance import resolve_device
     from adaptsym.util import torch_dtype
 
     if args.threads:

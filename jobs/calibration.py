@@ -2,7 +2,7 @@
 
     python -m jobs.calibration [--out runs/calibration] [--reps 2] [--quick]
 
-On the synthetic entries of `adaptsym.nulls` (n = 512 pool examples, A of them active through one
+On the synthetic entries of `adaptsym.stats.nulls` (n = 512 pool examples, A of them active through one
 shared mask, optionally entry-specific zeros and per-example scale factors; values from seven
 mean-zero laws, symmetric, heavy-tailed and skewed up to skewness 1.2e4) it runs the service's
 decisions (`correlation.reading_decision`, `comoments.reading_comoment`: the studentised product
@@ -70,12 +70,12 @@ def _keep_varying(h: np.ndarray, label: np.ndarray | None = None):
 
 def one_setting(law: str, masks: str, scales: str, active: int, rep: int, q: float) -> dict:
     """Both readings' measurements on one data set of each kind: {reading: {key: value}}."""
-    from adaptsym.bootstrap import multinomial_counts, replicates
-    from adaptsym.comoments import reading_comoments
-    from adaptsym.correlation import reading_decisions, standardise
-    from adaptsym.fdr import bh_reject, two_sided_p
-    from adaptsym.nonzero import product_t
-    from adaptsym.nulls import null, one_signed, planted
+    from adaptsym.stats.bootstrap import multinomial_counts, replicates
+    from adaptsym.stats.comoments import reading_comoments
+    from adaptsym.stats.correlation import reading_decisions, standardise
+    from adaptsym.stats.fdr import bh_reject, two_sided_p
+    from adaptsym.stats.nonzero import product_t
+    from adaptsym.stats.nulls import null, one_signed, planted
 
     rng = np.random.default_rng([active, rep, len(law), len(masks), len(scales), sum(map(ord, law))])
     rows = {r: {} for r in READINGS}
@@ -222,7 +222,7 @@ def figure(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adaptsym.nulls import LAWS, LIMIT_LAWS, SCALES
+    from adaptsym.stats.nulls import LAWS, LIMIT_LAWS, SCALES
 
     p = argparse.ArgumentParser(prog="jobs.calibration", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/calibration", help="output folder (default runs/calibration)")

@@ -24,7 +24,7 @@ def _models(cfg, chosen: str | None) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from adaptsym.tracking import Tracker
+    from adaptsym.storage.tracking import Tracker
     from adaptsym.train import train
 
     cfg = load_config(args.config)
@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
 
 def cmd_measure(args) -> int:
     from adaptsym.measure import measure_run
-    from adaptsym.tracking import Tracker
+    from adaptsym.storage.tracking import Tracker
 
     run_dir = Path(args.run)
     cfg = load_config(args.config) if args.config else None
@@ -70,7 +70,7 @@ def _check_memory(run_dir: Path, cfg, args) -> None:
     """Refuse before any work a measurement whose arrays alone exceed the available memory."""
     from adaptsym.config import parse_config
     from adaptsym.plan import check_memory_floor
-    from adaptsym.store import RunStore
+    from adaptsym.storage.store import RunStore
 
     path = run_dir / "results.zarr"
     if not path.is_dir():
@@ -89,16 +89,16 @@ def _check_memory(run_dir: Path, cfg, args) -> None:
 def _experiment(run_dir: Path, cfg) -> str:
     if cfg is not None:
         return cfg.name
-    from adaptsym.store import RunStore
+    from adaptsym.storage.store import RunStore
 
     return RunStore.for_run(run_dir, mode="r").attrs()["config"]["name"]
 
 
 def cmd_demo(args) -> int:
     from adaptsym.measure import measure_run
-    from adaptsym.report import skipped_statistics
-    from adaptsym.store import RunStore
-    from adaptsym.tracking import Tracker
+    from adaptsym.report.render import skipped_statistics
+    from adaptsym.storage.store import RunStore
+    from adaptsym.storage.tracking import Tracker
     from adaptsym.train import train
 
     cfg = load_config(args.config)
@@ -119,9 +119,9 @@ def cmd_demo(args) -> int:
 
 
 def _report(run_dir: Path, tracker=None, verdict: bool = True) -> Path:
-    from adaptsym.report import render_report
-    from adaptsym.store import RunStore
-    from adaptsym.verdict import format_rows
+    from adaptsym.report.render import render_report
+    from adaptsym.storage.store import RunStore
+    from adaptsym.report.verdict import format_rows
 
     rep = render_report(run_dir)
     if verdict and rep.verdicts:
@@ -137,7 +137,7 @@ def _report(run_dir: Path, tracker=None, verdict: bool = True) -> Path:
 
 
 def cmd_report(args) -> int:
-    from adaptsym.tracking import Tracker
+    from adaptsym.storage.tracking import Tracker
 
     run_dir = Path(args.run)
     tracker = None if args.no_mlflow else Tracker(run_dir.parent, _experiment(run_dir, None))
@@ -146,7 +146,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from adaptsym.verify import verify_run
+    from adaptsym.storage.verify import verify_run
 
     problems, checked = verify_run(args.run)
     for line in problems:

@@ -3,9 +3,9 @@
     python -m jobs.collect_ensemble --config configs/effective-model-demo.yaml [--out runs]
         [--scenario NAME ...] [--actors K] [--address HOST:PORT] [--local] [--force]
 
-For each scenario, actors train tasks of `collect.batch` networks (`adaptsym.binary_net`); the
+For each scenario, actors train tasks of `collect.batch` networks (`adaptsym.effective.binary_net`); the
 driver commits every network whose best sampled binary configuration reaches the scenario's
-test-accuracy threshold to `<out>/<name>/results.zarr` (`adaptsym.ensemble`), in task order,
+test-accuracy threshold to `<out>/<name>/results.zarr` (`adaptsym.effective.ensemble`), in task order,
 until `configurations` are stored. A killed job continues where it stopped and stores the same
 bits it would have stored without the kill. `--local` trains in this process instead of on Ray.
 Logs one MLflow run with a nested run per scenario (counts and throughput) and prints JSON.
@@ -23,13 +23,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from adaptsym.ensemble import (EffectiveConfig, EnsembleWriter, collect, load_with_scenarios,
+from adaptsym.effective.ensemble import (EffectiveConfig, EnsembleWriter, collect, load_with_scenarios,
                                local_results, scenario_data)
 from adaptsym.errors import UserFacingError
-from adaptsym.provenance import provenance
-from adaptsym.runlock import run_lock
-from adaptsym.store import STORE_NAME, RunStore
-from adaptsym.tracking import Tracker
+from adaptsym.storage.provenance import provenance
+from adaptsym.storage.runlock import run_lock
+from adaptsym.storage.store import STORE_NAME, RunStore
+from adaptsym.storage.tracking import Tracker
 from adaptsym.progress import bar_off
 
 

@@ -44,11 +44,11 @@ def _loop(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from adaptsym.checkpoint import checkpoint_name, save_checkpoint
+    from adaptsym.nets.checkpoint import checkpoint_name, save_checkpoint
     from adaptsym.config import parse_config
-    from adaptsym.data import load_dataset
-    from adaptsym.losses import hinge
-    from adaptsym.models import BiasFreeNet
+    from adaptsym.nets.data import load_dataset
+    from adaptsym.nets.losses import hinge
+    from adaptsym.nets.models import BiasFreeNet
     from adaptsym.train import HISTORY_KEYS, checkpoint_payload, open_run_store, record_epoch, write_history
 
     cfg = parse_config(config["cfg"])
@@ -84,7 +84,7 @@ def _loop(config: dict) -> None:
     store = open_run_store(run_dir, cfg, name, model, data.input_shape) if rank == 0 else None
     tracker = None
     if rank == 0 and config["mlflow"]:
-        from adaptsym.tracking import Tracker
+        from adaptsym.storage.tracking import Tracker
 
         tracker = Tracker(run_dir.parent, cfg.name)
     mlrun = tracker.run(f"train-{cfg.name}-{name}", params=config["cfg"],
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             run_config=TrainRunConfig(name=f"{cfg.name}-{name}-deepspeed", storage_path=str(run_dir / "ray_train")),
         )
         trainer.fit()
-        from adaptsym.checkpoint import load_checkpoint
+        from adaptsym.nets.checkpoint import load_checkpoint
 
         h = load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"]
         print(f"[{name}] DeepSpeed ZeRO-{args.zero_stage} on {args.workers} workers: epoch {h['epoch'][-1]}, "

@@ -4,10 +4,10 @@
         [--scenario NAME ...] [--no-landscape] [--no-mlflow] [--quiet]
 
 Reads the ensembles that `jobs.collect_ensemble` stored in `<out>/<name>/results.zarr`. For
-each scenario and part (`adaptsym.effective_analysis`): Boltzmann learning with belief
+each scenario and part (`adaptsym.effective.analysis`): Boltzmann learning with belief
 propagation (the fit error Delta of every step goes to MLflow), the energy density of every
 configuration, and both sweeps of the coupling field x around low-, medium- and high-energy
-references. Everything goes to the zarr store; the report (`adaptsym.effective_report`) is
+references. Everything goes to the zarr store; the report (`adaptsym.effective.report`) is
 built from the store alone: `<out>/<name>/effective_report.html` with its figures.
 """
 
@@ -20,12 +20,12 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from adaptsym.effective_analysis import (ENERGY_CLASSES, fit_part, group, landscape_part, parts, pick_references)
-from adaptsym.effective_model import energies
-from adaptsym.effective_report import write_report
-from adaptsym.ensemble import EffectiveConfig, read_ensemble
-from adaptsym.store import RunStore
-from adaptsym.tracking import Tracker
+from adaptsym.effective.analysis import (ENERGY_CLASSES, fit_part, group, landscape_part, parts, pick_references)
+from adaptsym.effective.model import energies
+from adaptsym.effective.report import write_report
+from adaptsym.effective.ensemble import EffectiveConfig, read_ensemble
+from adaptsym.storage.store import RunStore
+from adaptsym.storage.tracking import Tracker
 from adaptsym.progress import bar_off
 from jobs.collect_ensemble import effective_parser, run_effective_job
 

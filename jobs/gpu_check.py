@@ -53,7 +53,7 @@ def small_config(smoke: bool, device: str):
 
 def benchmark(smoke: bool, device: torch.device) -> dict:
     from adaptsym.config import ModelSpec
-    from adaptsym.models import BiasFreeNet
+    from adaptsym.nets.models import BiasFreeNet
     from jobs.benchmark import bench_model
 
     width = 1 / 16 if smoke else 1.0

@@ -12,7 +12,7 @@ checkpoints, and the last nightly in MLflow.
    1e-6, float32 training metrics to 1e-5. The quantities include scale-sensitive ones that a wrong
    factor moves (lambda_max/min, the Hutchinson trace, the gradient norm, mean |h| per layer pair,
    the bootstrap replicate variance, coupling counts), at the first and the last checkpoint.
-2. Identities (`adaptsym.identities`) on the last checkpoint: same-layer blocks and tr H exactly 0,
+2. Identities (`adaptsym.curvature.identities`) on the last checkpoint: same-layer blocks and tr H exactly 0,
    H theta = (L-1) grad R, stored entries against autograd, the bootstrap's exact cumulant scaling,
    the coupling counts recomputed with scipy, the design covering every layer pair.
 3. The last nightly in MLflow, at the same tolerances.
@@ -85,8 +85,8 @@ def run_once(cfg, out: Path, tracker=None):
 
 def gather(run_dir: Path, history: dict, m) -> dict:
     """The golden quantities of one run: final training metrics; per checkpoint (first, last)."""
-    from adaptsym.identities import per_layer_pair
-    from adaptsym.store import RunStore
+    from adaptsym.curvature.identities import per_layer_pair
+    from adaptsym.storage.store import RunStore
 
     store = RunStore.for_run(run_dir, mode="r")
     n_layers = int(store.attrs()["n_layers"])
@@ -110,13 +110,13 @@ def gather(run_dir: Path, history: dict, m) -> dict:
 
 
 def identity_checks(run_dir: Path, cfg, epoch: int) -> list:
-    """`adaptsym.identities` on one checkpoint of the run and its stored measurement."""
+    """`adaptsym.curvature.identities` on one checkpoint of the run and its stored measurement."""
     from adaptsym import identities as ids
-    from adaptsym.checkpoint import load_checkpoint, model_from_checkpoint
-    from adaptsym.data import load_dataset
-    from adaptsym.hvp import PoolHessian
+    from adaptsym.nets.checkpoint import load_checkpoint, model_from_checkpoint
+    from adaptsym.nets.data import load_dataset
+    from adaptsym.curvature.hvp import PoolHessian
     from adaptsym.measure import select_pool
-    from adaptsym.store import RunStore
+    from adaptsym.storage.store import RunStore
     from adaptsym.util import torch_dtype
 
     mc = cfg.measure
@@ -136,8 +136,8 @@ def identity_checks(run_dir: Path, cfg, epoch: int) -> list:
     if valid.sum() >= 2:
         checks += ids.bootstrap_scaling(h[:, valid], s, rng)
         if he.nonzero == "fdr":
-            from adaptsym.entry_blocks import STREAM_PAIRS, stream
-            from adaptsym.nonzero import pair_rows
+            from adaptsym.observables.entry_blocks import STREAM_PAIRS, stream
+            from adaptsym.stats.nonzero import pair_rows
 
             active = store.read(g, "active_example")
             pairs = pair_rows(np.nonzero(active)[0], stream(cfg.seed, epoch, STREAM_PAIRS))
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from adaptsym.config import load_config
-    from adaptsym.tracking import Tracker
+    from adaptsym.storage.tracking import Tracker
 
     cfg = load_config(args.config)
     if len(cfg.models) != 1:

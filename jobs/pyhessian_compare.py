@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from adaptsym.config import ModelSpec, load_config
-from adaptsym.data import load_dataset
+from adaptsym.nets.data import load_dataset
 from adaptsym.config import DataSpec
-from adaptsym.hvp import PoolHessian
-from adaptsym.losses import hinge
-from adaptsym.models import BiasFreeNet
-from adaptsym.spectrum import extreme_eigenvalues, hutchinson, slq
+from adaptsym.curvature.hvp import PoolHessian
+from adaptsym.nets.losses import hinge
+from adaptsym.nets.models import BiasFreeNet
+from adaptsym.observables.spectrum import extreme_eigenvalues, hutchinson, slq
 from adaptsym.train import sgd_epoch
 
 HOWTO = ("PyHessian is not installed here. Put a scratch copy on the path:\n"

@@ -9,7 +9,7 @@ at every checkpoint of every system, so each factor is varied one at a time agai
 variant. For each (system, variant, epoch) the table holds the fraction of entries with |z| <
 0.15 under both normalisations (minibatch and per example) and the relative correlation coupling
 size, each with its 95% interval, the active pool examples, and the verdict against the paper
-(`adaptsym.verdict`). Written to `<out>/<name>-regime/regime.zarr`, two figures, an MLflow run
+(`adaptsym.report.verdict`). Written to `<out>/<name>-regime/regime.zarr`, two figures, an MLflow run
 with one nested run per system, and printed as JSON.
 
 Before anything runs, `adaptsym.plan` predicts the study's time from throughputs measured here;
@@ -121,7 +121,7 @@ def figure(path: Path, rows: list[dict], systems: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adaptsym.verdict import PAPER
+    from adaptsym.report.verdict import PAPER
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 8), constrained_layout=True)
     for row, reading in enumerate(("marginal", "active")):
@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from adaptsym.config import ConfigError, config_to_dict
     from adaptsym.measure import measure_run
-    from adaptsym.provenance import provenance, resolve_device
-    from adaptsym.store import RunStore
-    from adaptsym.tracking import Tracker
+    from adaptsym.storage.provenance import provenance, resolve_device
+    from adaptsym.storage.store import RunStore
+    from adaptsym.storage.tracking import Tracker
     from adaptsym.train import train
-    from adaptsym.verdict import judge
-    from adaptsym.verdict import key as verdict_key
+    from adaptsym.report.verdict import judge
+    from adaptsym.report.verdict import key as verdict_key
 
     try:
         cfg = load(args.config)

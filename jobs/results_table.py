@@ -8,7 +8,7 @@ Per run and checkpoint, from the zarr store alone:
    with the share of entries the sparsity bound sqrt(p / (1 - p)) forces below the cut (in braces);
 2. couplings: the relative correlation, co-skewness and co-kurtosis coupling sizes in both
    readings ("untestable" where too few examples are active), the smallest detectable |rho|;
-3. with --verdicts: the verdict per claim and reading (`adaptsym.verdict`).
+3. with --verdicts: the verdict per claim and reading (`adaptsym.report.verdict`).
 This is what `docs/results.md` quotes.
 """
 
@@ -45,7 +45,7 @@ def _size(sc: dict, reading: str, stat: str) -> str:
 
 
 def rows(run_dir: Path) -> list[tuple[int, dict]]:
-    from adaptsym.store import RunStore
+    from adaptsym.storage.store import RunStore
 
     store = RunStore.for_run(run_dir, mode="r")
     out = []
@@ -64,8 +64,8 @@ def tables(runs: list[Path], verdicts: bool = False) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     verd = ["| run | epoch | claim | reading | ours | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for run in runs:
-        from adaptsym.store import RunStore
-        from adaptsym.verdict import judge
+        from adaptsym.storage.store import RunStore
+        from adaptsym.report.verdict import judge
 
         attrs = RunStore.for_run(run, mode="r").attrs()
         for epoch, sc in rows(run):

@@ -6,9 +6,9 @@ Every model of the config is one size of the family (N from about 1e3 to 1e5 on 
 GPUs). Each is trained and measured; at its last checkpoint with statistics the sweep reads the
 coupling set sizes (relative, absolute, exponent, with uncertainties) and the |z| < cut
 fraction, fits the absolute correlation coupling set size c (N^2 - 1) ~ N^alpha and the relative
-sizes ~ N^beta (power laws, `adaptsym.scaling`), and writes `<out>/<name>-sweep/sweep.zarr`,
+sizes ~ N^beta (power laws, `adaptsym.stats.scaling`), and writes `<out>/<name>-sweep/sweep.zarr`,
 a figure, and an MLflow run with the fits. Prints the summary as JSON. A size whose statistic is
-untestable (too few active examples for its non-zero test, `adaptsym.nonzero`) has no value and
+untestable (too few active examples for its non-zero test, `adaptsym.stats.nonzero`) has no value and
 is left out of that statistic's fit; the sweep records the active examples behind every point.
 """
 
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from adaptsym.config import config_to_dict, load_config
     from adaptsym.measure import measure_run
-    from adaptsym.provenance import provenance
-    from adaptsym.scaling import fit_power_law
-    from adaptsym.store import RunStore
-    from adaptsym.tracking import Tracker
+    from adaptsym.storage.provenance import provenance
+    from adaptsym.stats.scaling import fit_power_law
+    from adaptsym.storage.store import RunStore
+    from adaptsym.storage.tracking import Tracker
     from adaptsym.train import train
 
     cfg = load_config(args.config)

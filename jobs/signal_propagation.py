@@ -1,5 +1,5 @@
 """Signal propagation at initialisation: the length map q^l and chi_1 of the bias-free ReLU MLPs
-and the VGG family, measured against the closed forms (`adaptsym.signal_propagation`).
+and the VGG family, measured against the closed forms (`adaptsym.nets.signal_propagation`).
 
     python -m jobs.signal_propagation [--out runs] [--sigmas 1 1.2 1.414 1.7 2] [--draws 8] [--no-mlflow]
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from adaptsym.config import ModelSpec
-from adaptsym.models import build_plan
-from adaptsym.provenance import provenance
-from adaptsym.signal_propagation import q_map
-from adaptsym.store import RunStore
+from adaptsym.nets.models import build_plan
+from adaptsym.storage.provenance import provenance
+from adaptsym.nets.signal_propagation import q_map
+from adaptsym.storage.store import RunStore
 
 NETWORKS = {  # name: (model spec, input shape)
     "mlp-512x6": (ModelSpec(kind="mlp", hidden=[512] * 6), (64,)),
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     figure(results, out / "signal_propagation.png")
     (out / "signal_propagation.json").write_text(json.dumps(summary, indent=1))
     if not args.no_mlflow:
-        from adaptsym.tracking import Tracker
+        from adaptsym.storage.tracking import Tracker
 
         tracker = Tracker(args.out, "signal-propagation")
         with tracker.run("signal-propagation", params=vars(args), tags={"zarr": str(store.path)}):

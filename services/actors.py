@@ -1,4 +1,4 @@
-"""Ray actors. `MeasureActor` does the Hessian-entry tiles and blocks (`adaptsym.entry_blocks`)
+"""Ray actors. `MeasureActor` does the Hessian-entry tiles and blocks (`adaptsym.observables.entry_blocks`)
 and holds a model replica with one shard of the pool for data-parallel HVPs and gradients. It
 restarts after a crash (`max_restarts`) and rebuilds its state lazily from the object store, so a
 restarted actor simply takes the next task."""
@@ -12,7 +12,7 @@ import numpy as np
 import ray
 import torch
 
-from adaptsym.provenance import resolve_device
+from adaptsym.storage.provenance import resolve_device
 from adaptsym.util import torch_dtype
 
 MAX_RESTARTS = 4
@@ -52,7 +52,7 @@ class MeasureActor:
 
     def run(self, key: tuple, work_ref: list, method: str, task: tuple):
         """(result, compute seconds). `work_ref` is [ObjectRef]: fetched only for a new checkpoint."""
-        from adaptsym.entry_blocks import EntryBlocks
+        from adaptsym.observables.entry_blocks import EntryBlocks
 
         if key != self.key:
             self.blocks = EntryBlocks(ray.get(work_ref[0]), self.device)
@@ -65,8 +65,8 @@ class MeasureActor:
 
     def _shard(self, key, payload_ref):
         if key != self.shard_key:
-            from adaptsym.checkpoint import model_from_checkpoint
-            from adaptsym.hvp import PoolHessian
+            from adaptsym.nets.checkpoint import model_from_checkpoint
+            from adaptsym.curvature.hvp import PoolHessian
 
             p = ray.get(payload_ref[0])
             dtype = torch_dtype(p["dtype"])

@@ -1,6 +1,6 @@
-"""`RayExecutor`: runs `adaptsym.entry_blocks` work on Ray actors, with retries and progress.
+"""`RayExecutor`: runs `adaptsym.observables.entry_blocks` work on Ray actors, with retries and progress.
 
-Same interface as `adaptsym.executor.LocalExecutor`. One actor per GPU where the cluster has
+Same interface as `adaptsym.observables.executor.LocalExecutor`. One actor per GPU where the cluster has
 GPUs, else CPU actors with a fixed torch thread count. Each actor has two tasks in flight (the
 next one waits in its queue while the driver records the last result). A task
 whose actor dies is resubmitted by Ray to the restarted actor; a task that raises is resubmitted
@@ -123,7 +123,7 @@ class RayExecutor:
 class ShardedHessian:
     """Pool HVPs and gradients summed over shards held by the actors (the driver reduces).
 
-    Has what `adaptsym.spectrum` and `adaptsym.gradients` use of `PoolHessian`: `matvec`,
+    Has what `adaptsym.observables.spectrum` and `adaptsym.observables.gradients` use of `PoolHessian`: `matvec`,
     `gradient`, `n_params`, `n`, `weights` (the driver's copy, for shapes, dtype and device)."""
 
     def __init__(self, actors, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,

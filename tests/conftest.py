@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaptsym.config import ModelSpec
-from adaptsym.models import BiasFreeNet
+from adaptsym.nets.models import BiasFreeNet
 
 torch.set_num_threads(2)
 

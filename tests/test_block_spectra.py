@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from adaptsym.block_spectra import block_matvec, blocks_of, layer_slices, measure_block_spectra
-from adaptsym.hvp import PoolHessian
+from adaptsym.observables.block_spectra import block_matvec, blocks_of, layer_slices, measure_block_spectra
+from adaptsym.curvature.hvp import PoolHessian
 
 
 @pytest.fixture
 def op(small):
     """The square loss: its diagonal blocks have a non-zero trace (with the hinge every diagonal
     entry is 0, T being linear in each single weight, so a trace would test little)."""
-    from adaptsym.losses import SQUARE
+    from adaptsym.nets.losses import SQUARE
 
     model, x, y = small
     return PoolHessian(model.plan, model.params(), x, y, loss=SQUARE)
@@ -69,9 +69,9 @@ def test_registry_names_match_the_config_and_run_the_new_observable(tmp_path):
     measured, stored and drawn in the report; the default list leaves it out."""
     from adaptsym.config import DEFAULT_OBSERVABLES, OBSERVABLES, MeasureSpec
     from adaptsym.measure import measure_run
-    from adaptsym.registry import REGISTRY
-    from adaptsym.report import render_report
-    from adaptsym.store import RunStore
+    from adaptsym.observables.registry import REGISTRY
+    from adaptsym.report.render import render_report
+    from adaptsym.storage.store import RunStore
     from adaptsym.train import train
 
     from .test_train_checkpoint import tiny_config

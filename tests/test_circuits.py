@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from adaptsym.circuits import loss_slope, measure_circuits, walk
+from adaptsym.observables.circuits import loss_slope, measure_circuits, walk
 from adaptsym.config import ModelSpec
-from adaptsym.losses import hinge
-from adaptsym.models import BiasFreeNet, flatten_params, forward, unflatten_params
+from adaptsym.nets.losses import hinge
+from adaptsym.nets.models import BiasFreeNet, flatten_params, forward, unflatten_params
 
 NETS = [(ModelSpec(kind="mlp", hidden=[4, 3]), (3,)),
         (ModelSpec(kind="cnn", conv=[2, "M", 2], hidden=[3]), (1, 4, 4))]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adaptsym.config import DataSpec
-from adaptsym.data import (DataError, cifar_dir, load_dataset, read_cifar10_batches, read_cifar10_torchvision,
+from adaptsym.nets.data import (DataError, cifar_dir, load_dataset, read_cifar10_batches, read_cifar10_torchvision,
                            torchvision_available)
 
 
@@ -132,7 +132,7 @@ def test_photo_patch_crops_stay_inside_their_columns():
     from PIL import Image
 
     from adaptsym.config import PatchSpec
-    from adaptsym.data import _crops
+    from adaptsym.nets.data import _crops
 
     cols = np.tile(np.arange(200, dtype=np.uint8), (150, 1))
     img = Image.fromarray(np.stack([cols, cols, cols], axis=-1))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from adaptsym.checkpoint import load_checkpoint
+from adaptsym.nets.checkpoint import load_checkpoint
 from adaptsym.measure import measure_run
 
 from .test_train_checkpoint import tiny_config

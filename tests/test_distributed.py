@@ -15,7 +15,7 @@ import pytest
 
 from adaptsym.errors import TileError
 from adaptsym.measure import measure_run
-from adaptsym.store import RunStore
+from adaptsym.storage.store import RunStore
 from adaptsym.train import train
 from jobs.cli import main
 
@@ -95,8 +95,8 @@ def test_sharded_operator_is_a_curvature_operator_equal_to_the_local_one(ray_clu
     """The Ray executor's operator satisfies `CurvatureOperator` and multiplies like `PoolHessian`."""
     import torch
 
-    from adaptsym.checkpoint import load_checkpoint, model_from_checkpoint
-    from adaptsym.executor import LocalExecutor
+    from adaptsym.nets.checkpoint import load_checkpoint, model_from_checkpoint
+    from adaptsym.observables.executor import LocalExecutor
     from adaptsym.protocols import CurvatureOperator
 
     cfg, ref_dir, _ = reference
@@ -202,9 +202,9 @@ def test_unreachable_address_fails_fast(tmp_path):
 
 
 def test_science_package_never_imports_ray():
-    code = ("import sys, adaptsym.measure, adaptsym.report, adaptsym.train, adaptsym.entry_blocks, "
-            "adaptsym.executor, adaptsym.ensemble, adaptsym.binary_net, adaptsym.effective_model, "
-            "adaptsym.effective_analysis, adaptsym.effective_report, adaptsym.signal_propagation, adaptsym.registry, "
-            "adaptsym.block_spectra; "
+    code = ("import sys, adaptsym.measure, adaptsym.report.render, adaptsym.train, adaptsym.observables.entry_blocks, "
+            "adaptsym.observables.executor, adaptsym.effective.ensemble, adaptsym.effective.binary_net, adaptsym.effective.model, "
+            "adaptsym.effective.analysis, adaptsym.effective.report, adaptsym.nets.signal_propagation, adaptsym.observables.registry, "
+            "adaptsym.observables.block_spectra; "
             "assert 'ray' not in sys.modules and 'services' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], env=ENV, cwd=ROOT, check=True, timeout=120)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from scipy import stats
 
-from adaptsym.gradients import GRAD_EDGES, measure_gradients
-from adaptsym.hvp import PoolHessian
-from adaptsym.losses import hinge
-from adaptsym.weights import measure_weights, weight_edges
+from adaptsym.observables.gradients import GRAD_EDGES, measure_gradients
+from adaptsym.curvature.hvp import PoolHessian
+from adaptsym.nets.losses import hinge
+from adaptsym.observables.weights import measure_weights, weight_edges
 
 
 def test_weight_moments_equal_scipy_and_bins_are_fixed(small):
@@ -32,7 +32,7 @@ def test_gradient_norm_and_omega(small):
     op = PoolHessian(model.plan, model.params(), x, y)
     obs = measure_gradients(op, lr=0.1)
     w = tuple(t.detach().clone().requires_grad_(True) for t in model.params())
-    from adaptsym.models import forward
+    from adaptsym.nets.models import forward
 
     g = torch.autograd.grad(hinge(forward(model.plan, w, x), y).mean(), w)
     n2 = sum(float((t**2).sum()) for t in g)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from adaptsym.effective_model import (NotConvergedError, belief_propagation, boltzmann_learning, data_moments,
+from adaptsym.effective.model import (NotConvergedError, belief_propagation, boltzmann_learning, data_moments,
                                       exact_landscape_point, exact_moments, exact_samples, fit_error,
                                       landscape_point, s_upper, sweep)
 
@@ -168,8 +168,8 @@ def test_bad_model_shapes():
 def test_energy_accuracy_correlation_is_pearsons(tmp_path):
     from scipy import stats
 
-    from adaptsym.effective_report import energy_accuracy_correlation
-    from adaptsym.store import RunStore
+    from adaptsym.effective.report import energy_accuracy_correlation
+    from adaptsym.storage.store import RunStore
 
     rng = np.random.default_rng(0)
     acc = rng.uniform(0.8, 1.0, 300)

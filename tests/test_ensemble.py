@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from adaptsym.binary_net import BinaryNetSpec, mean_field_logits, train_task
+from adaptsym.effective.binary_net import BinaryNetSpec, mean_field_logits, train_task
 from adaptsym.config import ConfigError
-from adaptsym.effective_analysis import parts, pick_references
-from adaptsym.ensemble import EffectiveConfig, load_effective_config, load_pca_data, scenario_data
-from adaptsym.store import RunStore
+from adaptsym.effective.analysis import parts, pick_references
+from adaptsym.effective.ensemble import EffectiveConfig, load_effective_config, load_pca_data, scenario_data
+from adaptsym.storage.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "effective-tiny.yaml"
@@ -168,7 +168,7 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 
 def test_mnist_pca_reads_local_idx_files(tmp_path):
-    from adaptsym.ensemble import MNIST_FILES, MNISTMissingError, PCADataSpec
+    from adaptsym.effective.ensemble import MNIST_FILES, MNISTMissingError, PCADataSpec
 
     rng = np.random.default_rng(0)
     arrays = {"train_x": rng.integers(0, 256, (50, 28, 28)), "train_y": rng.integers(0, 10, 50),
@@ -230,7 +230,7 @@ def test_effective_model_job_end_to_end(reference, tmp_path):
 def test_shared_unit_pairs_by_hand():
     """Widths 2-3-2: weight 0 = (input 0 -> hidden 0) shares input 0 with weights 1, 2, hidden 0
     with weight 3 and with the outgoing weights 6, 7 of hidden 0; nothing else."""
-    from adaptsym.effective_analysis import correlation_diagnostics, shared_unit
+    from adaptsym.effective.analysis import correlation_diagnostics, shared_unit
 
     sh = shared_unit([2, 3, 2], np.arange(12))
     assert np.flatnonzero(sh[0]).tolist() == [1, 2, 3, 6, 7]

@@ -3,8 +3,8 @@ enumeration."""
 
 import numpy as np
 
-from adaptsym.effective_model import data_moments, exact_moments, exact_samples, fit_error
-from adaptsym.gibbs import gibbs_sweep, pcd_learning, sampled_moments
+from adaptsym.effective.model import data_moments, exact_moments, exact_samples, fit_error
+from adaptsym.effective.gibbs import gibbs_sweep, pcd_learning, sampled_moments
 
 
 def _model(n, scale, seed):
@@ -60,9 +60,9 @@ def test_fit_part_refines_the_bp_fit_on_sampled_moments(tmp_path):
     """`fit.moments: gibbs` on an ensemble drawn from a strongly coupled model, where BP's moments
     are biased: the stored BP history, then Gibbs steps that end below BP's Delta, and the log
     sees every step of both."""
-    from adaptsym.effective_analysis import fit_part
-    from adaptsym.ensemble import EffectiveConfig
-    from adaptsym.store import RunStore
+    from adaptsym.effective.analysis import fit_part
+    from adaptsym.effective.ensemble import EffectiveConfig
+    from adaptsym.storage.store import RunStore
 
     J, h = _model(12, 0.3, 7)
     x = exact_samples(J, h, 8000, np.random.default_rng(4))

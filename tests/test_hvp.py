@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from adaptsym.entries import DesignError, block_design, pairs_design
-from adaptsym.hvp import PoolHessian
-from adaptsym.losses import hinge
-from adaptsym.models import flatten_params, forward, unflatten_params
-from adaptsym.per_example import (design_entries, per_example_entries, per_example_entries_vmap,
+from adaptsym.curvature.entries import DesignError, block_design, pairs_design
+from adaptsym.curvature.hvp import PoolHessian
+from adaptsym.nets.losses import hinge
+from adaptsym.nets.models import flatten_params, forward, unflatten_params
+from adaptsym.curvature.per_example import (design_entries, per_example_entries, per_example_entries_vmap,
                                   per_example_gradients)
 
 
@@ -90,7 +90,7 @@ def test_stratified_rows_cover_every_layer(small):
 def test_inactive_examples_are_dropped_exactly_and_an_empty_pool_is_flat(small):
     """Examples with margin > 1 carry no gradient or Hessian: the operator over the pool equals
     the one over its active part (divided by the whole n), and a pool with none is flat."""
-    from adaptsym.hvp import active_examples
+    from adaptsym.curvature.hvp import active_examples
 
     model, x, y = small
     with torch.no_grad():
@@ -113,8 +113,8 @@ def test_inactive_examples_are_dropped_exactly_and_an_empty_pool_is_flat(small):
 def test_local_seams_satisfy_the_protocols(small):
     """`PoolHessian` is a `CurvatureOperator` and `LocalExecutor` an `Executor` (the Ray pair is
     checked in tests/test_distributed.py)."""
-    from adaptsym.executor import LocalExecutor
-    from adaptsym.hvp import PoolHessian
+    from adaptsym.observables.executor import LocalExecutor
+    from adaptsym.curvature.hvp import PoolHessian
     from adaptsym.protocols import CurvatureOperator, Executor
 
     model, x, y = small
@@ -128,7 +128,7 @@ def test_loss_is_an_argument_of_the_operators(small, name):
     """Square and logistic losses: pool HVPs (every method), per-example entries (fast path and
     the vmap reference) and per-example gradients against autograd Hessians of that loss. Their
     Hessians carry the Gauss-Newton term the hinge lacks, and no example is skipped."""
-    from adaptsym.losses import LOSSES
+    from adaptsym.nets.losses import LOSSES
 
     loss = LOSSES[name]
     model, x, y = small

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from adaptsym.hvp import PoolHessian
-from adaptsym.losses import hinge
-from adaptsym.models import flatten_params, forward, unflatten_params
+from adaptsym.curvature.hvp import PoolHessian
+from adaptsym.nets.losses import hinge
+from adaptsym.nets.models import flatten_params, forward, unflatten_params
 
 
 def brute_hessian(model, x, y):

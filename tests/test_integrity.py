@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from adaptsym.checkpoint import CheckpointError, content_digest, load_checkpoint
+from adaptsym.nets.checkpoint import CheckpointError, content_digest, load_checkpoint
 from adaptsym.measure import MeasureConflictError, measure_run
-from adaptsym.report import render_report
-from adaptsym.runlock import RunLockedError, run_lock
-from adaptsym.store import CorruptDataError, RunStore
+from adaptsym.report.render import render_report
+from adaptsym.storage.runlock import RunLockedError, run_lock
+from adaptsym.storage.store import CorruptDataError, RunStore
 from adaptsym.train import train
-from adaptsym.verify import verify_run
+from adaptsym.storage.verify import verify_run
 from jobs.cli import main
 
 from .test_train_checkpoint import tiny_config

@@ -103,7 +103,7 @@ def test_submit_rejects_a_bad_config_before_anything_is_sent(ray_head, tmp_path)
 def test_mlflow_server_receives_runs_over_http(mlflow_server, tmp_path, monkeypatch):
     import mlflow
 
-    from adaptsym.tracking import Tracker
+    from adaptsym.storage.tracking import Tracker
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     cfg = tiny_config(epochs=1, checkpoints=(1,), name="over-http")
@@ -114,7 +114,7 @@ def test_mlflow_server_receives_runs_over_http(mlflow_server, tmp_path, monkeypa
 
 
 def test_mlflow_server_down_fails_fast_or_falls_back_when_asked(tmp_path, monkeypatch, capsys):
-    from adaptsym.tracking import Tracker, TrackingError
+    from adaptsym.storage.tracking import Tracker, TrackingError
 
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
@@ -149,7 +149,7 @@ def test_scale_sweep_fits_an_exponent_over_four_sizes(tmp_path, capsys):
     assert sweep(["--config", str(path), "--out", str(tmp_path), "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["models"] == ["w4", "w8", "w16", "w32"]
-    from adaptsym.store import RunStore
+    from adaptsym.storage.store import RunStore
 
     store = RunStore(tmp_path / "sweep-sweep" / "sweep.zarr", mode="r")
     fit = store.attrs()["fits"]["corr_absolute"]

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from adaptsym.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from adaptsym.nets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jobs.cli import main
-from adaptsym.entries import DesignError
+from adaptsym.curvature.entries import DesignError
 from adaptsym.errors import UserFacingError
-from adaptsym.hessian_entries import NonFiniteEntryError
+from adaptsym.observables.hessian_entries import NonFiniteEntryError
 from adaptsym.measure import measure_run
-from adaptsym.store import RunStore
-from adaptsym.tracking import Tracker
+from adaptsym.storage.store import RunStore
+from adaptsym.storage.tracking import Tracker
 from adaptsym.train import train
 
 from .test_train_checkpoint import tiny_config
@@ -74,11 +74,11 @@ def test_measure_writes_zarr_and_mlflow(trained, tmp_path):
 
 def test_stored_counts_equal_the_in_memory_references(trained):
     """The tiled, streaming pipeline against the in-memory references of both readings."""
-    from adaptsym.comoments import decide, pool_statistics, tuple_statistics
-    from adaptsym.correlation import reading_decisions, standardise, standardise_over
-    from adaptsym.entry_blocks import STREAM_COUNTS, STREAM_PAIRS, stream
-    from adaptsym.bootstrap import multinomial_counts, replicates
-    from adaptsym.nonzero import pair_rows
+    from adaptsym.stats.comoments import decide, pool_statistics, tuple_statistics
+    from adaptsym.stats.correlation import reading_decisions, standardise, standardise_over
+    from adaptsym.observables.entry_blocks import STREAM_COUNTS, STREAM_PAIRS, stream
+    from adaptsym.stats.bootstrap import multinomial_counts, replicates
+    from adaptsym.stats.nonzero import pair_rows
 
     cfg, run_dir = trained
     measure_run(run_dir, cfg=cfg, epochs=[0], progress=False)
@@ -121,7 +121,7 @@ def test_the_bounds_the_docs_state_hold_on_stored_data(trained):
     stored test statistic of the active reading and <= sqrt(n) for the marginal one; and the
     statement the docs withdrew (|T| <= sqrt(examples where every member is non-zero)) is not
     relied on: the check uses the rows behind each reading."""
-    from adaptsym.entry_stats import sparsity_bound
+    from adaptsym.stats.entry_stats import sparsity_bound
 
     cfg, run_dir = trained
     measure_run(run_dir, cfg=cfg, progress=False)
@@ -150,7 +150,7 @@ def test_the_bounds_the_docs_state_hold_on_stored_data(trained):
                 assert np.all(np.abs(store.read(g, f"active_{name}_tstat")) <= np.sqrt(A) + 1e-9)
                 assert np.all(np.abs(store.read(g, f"{name}_tstat")) <= np.sqrt(n) + 1e-9)
         # the same, as the identity the nightly runs on its own run
-        from adaptsym.identities import documented_bounds
+        from adaptsym.curvature.identities import documented_bounds
 
         checks = documented_bounds(store, f"epoch_{epoch:04d}", s, cut)
         assert len(checks) == 5 and all(c.ok for c in checks), [c for c in checks if not c.ok]

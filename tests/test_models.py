@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from adaptsym.config import ModelSpec
-from adaptsym.models import BiasFreeNet, flatten_params, unflatten_params
+from adaptsym.nets.models import BiasFreeNet, flatten_params, unflatten_params
 
 
 def test_vgg12_has_the_papers_weight_count():

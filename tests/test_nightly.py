@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from adaptsym import bootstrap, entries, fdr, losses
-from adaptsym.hvp import PoolHessian
-from adaptsym.indexing import ParamIndex
+from adaptsym.stats import bootstrap, fdr
+
+from adaptsym.curvature import entries
+
+from adaptsym.nets import losses
+from adaptsym.curvature.hvp import PoolHessian
+from adaptsym.nets.indexing import ParamIndex
 from jobs.nightly import GOLDEN, ROOT, build_parser
 from jobs.nightly import main as nightly
 

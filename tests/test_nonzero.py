@@ -2,7 +2,7 @@
 
 Nulls: zero inflation through one activity mask shared by all entries (A of n = 512 pool
 examples active), optionally entry-specific zeros and per-example scale factors on top; mean-zero
-values from symmetric, heavy-tailed and skewed laws up to skewness 1.2e4 (`adaptsym.nulls`).
+values from symmetric, heavy-tailed and skewed laws up to skewness 1.2e4 (`adaptsym.stats.nulls`).
 Every rule must keep the realised false discovery rate <= 2q; where every hypothesis is null,
 the share of tests counted non-zero must stay <= q. The readings (`docs/statistics.md`):
 marginal (over the pool) and active (over the pool examples with margin < 1). Fisher's z with
@@ -15,12 +15,12 @@ import pytest
 from scipy import stats
 from scipy.special import ndtri
 
-from adaptsym.bootstrap import multinomial_counts, replicates
-from adaptsym.comoments import comoment, reading_comoments
-from adaptsym.correlation import coupling_counts, reading_decisions, standardise, standardise_over
-from adaptsym.fdr import BD_CONSTANT, bh_reject, one_discovery_threshold, pvalue, two_sided_p
-from adaptsym.nonzero import detectability, product_t
-from adaptsym.nulls import drop_constant, null, one_signed, planted
+from adaptsym.stats.bootstrap import multinomial_counts, replicates
+from adaptsym.stats.comoments import comoment, reading_comoments
+from adaptsym.stats.correlation import coupling_counts, reading_decisions, standardise, standardise_over
+from adaptsym.stats.fdr import BD_CONSTANT, bh_reject, one_discovery_threshold, pvalue, two_sided_p
+from adaptsym.stats.nonzero import detectability, product_t
+from adaptsym.stats.nulls import drop_constant, null, one_signed, planted
 from jobs.calibration import fisher_abs_z
 
 N, K, Q = 512, 200, 0.05

@@ -31,7 +31,7 @@ def test_tiny_study_writes_the_table(tmp_path, capsys):
     rows = summary["rows"]
     assert {(r["variant"], r["epoch"]) for r in rows} == {(v, e) for v in ("default", "active-pool", "rho")
                                                           for e in (0, 2)}
-    from adaptsym.store import RunStore
+    from adaptsym.storage.store import RunStore
 
     store = RunStore(tmp_path / "out" / "tiny-regime" / "regime.zarr", mode="r")
     assert len(store.read("table", "marginal.z_fraction_exact")) == 6 and store.attrs("table")["missing_value"] == -1.0

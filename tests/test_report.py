@@ -7,7 +7,7 @@ from PIL import Image
 
 from jobs.cli import main
 from adaptsym.measure import measure_run
-from adaptsym.report import FIGURES, render_report
+from adaptsym.report.render import FIGURES, render_report
 from adaptsym.train import train
 
 from .test_train_checkpoint import tiny_config
@@ -68,8 +68,8 @@ def test_skip_reasons_and_glossary_in_the_report(measured, tmp_path):
     every pool example has margin >= 1); every scalar row has a glossary entry."""
     import re
 
-    from adaptsym.report import GLOSSARY, skipped_statistics
-    from adaptsym.store import RunStore
+    from adaptsym.report.render import GLOSSARY, skipped_statistics
+    from adaptsym.storage.store import RunStore
 
     run = tmp_path / measured.name
     shutil.copytree(measured, run)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from adaptsym.config import ModelSpec
-from adaptsym.models import build_plan
-from adaptsym.signal_propagation import init_weights, measure, q_map
+from adaptsym.nets.models import build_plan
+from adaptsym.nets.signal_propagation import init_weights, measure, q_map
 
 
 def _check(r, min_units_ok):
@@ -63,7 +63,7 @@ def test_job_writes_zarr_figure_and_json(tmp_path):
     import json
 
     from jobs.signal_propagation import main
-    from adaptsym.store import RunStore
+    from adaptsym.storage.store import RunStore
 
     assert main(["--out", str(tmp_path), "--networks", "mlp-512x6", "--sigmas", "1.0", "2.0", "--draws", "2",
                  "--examples", "8", "--no-mlflow"]) == 0

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from adaptsym.hvp import PoolHessian
-from adaptsym.spectrum import (default_sigma, lanczos, measure_spectrum, ritz, slq, smoothed_density,
+from adaptsym.curvature.hvp import PoolHessian
+from adaptsym.observables.spectrum import (default_sigma, lanczos, measure_spectrum, ritz, slq, smoothed_density,
                                symmetry_score)
 
 
@@ -102,8 +102,8 @@ def test_hutchinson_trace_is_near_zero_on_a_network(small):
 def demo_cnn_op():
     """The demo CNN (N = 8,880) at initialisation on 128 digits, float64."""
     from adaptsym.config import load_config
-    from adaptsym.data import load_dataset
-    from adaptsym.models import BiasFreeNet
+    from adaptsym.nets.data import load_dataset
+    from adaptsym.nets.models import BiasFreeNet
 
     cfg = load_config("configs/demo.yaml")
     data = load_dataset(cfg.data, 0)
@@ -114,7 +114,7 @@ def demo_cnn_op():
 def test_spilled_basis_changes_no_bit(demo_cnn_op, monkeypatch):
     """A RAM budget of 10 rows spills the other 20 to disk; the coefficients are bitwise those of
     the all-in-RAM run (blocks of 4 rows, so blocks on disk and in RAM both hold several rows)."""
-    import adaptsym.spectrum as spectrum
+    import adaptsym.observables.spectrum as spectrum
 
     op = demo_cnn_op
     monkeypatch.setattr(spectrum, "BLOCK_BYTES", 4 * op.n_params * 4)
@@ -164,7 +164,7 @@ def test_float32_basis_matches_float64_full_reorthogonalisation(demo_cnn_op):
 
 
 def test_extreme_eigenvalues_and_hutchinson_against_dense(small):
-    from adaptsym.spectrum import extreme_eigenvalues, hutchinson
+    from adaptsym.observables.spectrum import extreme_eigenvalues, hutchinson
 
     model, x, y = small
     op = PoolHessian(model.plan, model.params(), x, y)

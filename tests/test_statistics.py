@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from adaptsym.bootstrap import check_pool, multinomial_counts, replicates, replicates_direct
-from adaptsym.comoments import comoment, sample_tuples
-from adaptsym.correlation import coupling_counts, standardise
-from adaptsym.coupling import coupling_summary, log_partner_tuples
-from adaptsym.entries import block_design
-from adaptsym.entry_stats import moments, predicted_moments, scaling_check, z_fraction_uncertainty
-from adaptsym.fdr import StreamingBH, bh_reject, pvalue, two_sided_p
-from adaptsym.mardia import mardia
-from adaptsym.per_example import design_entries
+from adaptsym.curvature.identities import replicates_direct
+from adaptsym.stats.bootstrap import check_pool, multinomial_counts, replicates
+from adaptsym.stats.comoments import comoment, sample_tuples
+from adaptsym.stats.correlation import coupling_counts, standardise
+from adaptsym.stats.coupling import coupling_summary, log_partner_tuples
+from adaptsym.curvature.entries import block_design
+from adaptsym.stats.entry_stats import moments, predicted_moments, scaling_check, z_fraction_uncertainty
+from adaptsym.stats.fdr import StreamingBH, bh_reject, pvalue, two_sided_p
+from adaptsym.stats.mardia import mardia
+from adaptsym.curvature.per_example import design_entries
 
 
 def planted(n=3000, groups=4, size=10, seed=0):
@@ -182,7 +183,7 @@ def test_mardia_matches_brute_force_and_detects_non_gaussianity():
 @pytest.mark.parametrize("stat", ["skew", "kurtosis"])
 def test_confidence_interval_agrees_with_scipy(method, stat):
     """Endpoints within 5% of the interval width of scipy.stats.bootstrap, on skewed samples."""
-    from adaptsym.bootstrap import confidence_interval
+    from adaptsym.stats.bootstrap import confidence_interval
 
     rng = np.random.default_rng(12)
     x = rng.lognormal(0.0, 0.6, 150)
@@ -195,7 +196,7 @@ def test_confidence_interval_agrees_with_scipy(method, stat):
 
 
 def test_confidence_interval_refuses_too_few_examples_and_flags_zero_variance():
-    from adaptsym.bootstrap import IntervalError, confidence_interval
+    from adaptsym.stats.bootstrap import IntervalError, confidence_interval
 
     with pytest.raises(IntervalError, match="at least 20"):
         confidence_interval(np.arange(10.0), np.mean)
@@ -208,7 +209,7 @@ def test_confidence_interval_refuses_too_few_examples_and_flags_zero_variance():
 def test_power_law_fit_matches_linregress_without_error_bars():
     """Equal weights: ordinary least squares on log-log, so slope, standard error and the t
     interval are scipy.stats.linregress's."""
-    from adaptsym.scaling import fit_power_law
+    from adaptsym.stats.scaling import fit_power_law
 
     rng = np.random.default_rng(0)
     n = np.array([584, 1296, 3104, 8256, 24704, 82176], dtype=float)
@@ -223,7 +224,7 @@ def test_power_law_fit_matches_linregress_without_error_bars():
 
 
 def _coverage(sd, error_bars, sweeps=4000):
-    from adaptsym.scaling import fit_power_law
+    from adaptsym.stats.scaling import fit_power_law
 
     rng = np.random.default_rng(1)
     n = np.geomspace(500, 1e5, 6)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from adaptsym.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from adaptsym.nets.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from adaptsym.config import parse_config
-from adaptsym.store import RunStore
-from adaptsym.tracking import Tracker
+from adaptsym.storage.store import RunStore
+from adaptsym.storage.tracking import Tracker
 from adaptsym.train import train
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from adaptsym.entry_stats import (Z_BATCHES, batch_cuts, fraction_interval, moment_intervals, predicted_moments,
+from adaptsym.stats.entry_stats import (Z_BATCHES, batch_cuts, fraction_interval, moment_intervals, predicted_moments,
                                   z_resample_counts)
-from adaptsym.verdict import PAPER, format_rows, judge
+from adaptsym.report.verdict import PAPER, format_rows, judge
 
 PAPER_CFG = {"models": {"vgg12": {"kind": "vgg12", "width_multiplier": 1.0}}, "data": {"name": "cifar10-binary"}}
 DEMO_CFG = {"models": {"cnn": {"kind": "cnn"}}, "data": {"name": "digits-binary"}}
@@ -145,7 +145,7 @@ def test_console_lines_are_short():
 
 def test_basic_interval_reflects_the_resampling_bias():
     """Resampled fractions biased low by d give a basic interval shifted up by d around the point."""
-    from adaptsym.entry_stats import fraction_interval
+    from adaptsym.stats.entry_stats import fraction_interval
 
     rng = np.random.default_rng(3)
     fr = 0.30 - 0.05 + 0.02 * rng.standard_normal(4000)  # resamples centred 0.05 below the point 0.30
@@ -162,8 +162,8 @@ def test_planted_sparse_coupling_size_within_ten_percent(n):
     """Planted groups of 5 entries with correlation 1/2 among 200 entries, half the pool active:
     the relative coupling size lands within 10% of the truth and the realised FDR (mean false
     discovery proportion over 5 draws) stays at or below 2q."""
-    from adaptsym.correlation import coupling_counts, standardise
-    from adaptsym.nulls import planted
+    from adaptsym.stats.correlation import coupling_counts, standardise
+    from adaptsym.stats.nulls import planted
 
     q, fdps, rels = 0.05, [], []
     for rep in range(5):
@@ -186,7 +186,7 @@ def test_z_fraction_matches_its_closed_form_without_structure():
     with |z| < c is 2 Phi(c sqrt(n/s)) - 1, also under zero inflation (shared masks)."""
     from scipy.stats import norm
 
-    from adaptsym.nulls import null
+    from adaptsym.stats.nulls import null
 
     rng = np.random.default_rng(7)
     n, K, s, c = 2000, 4000, 64, 0.15

@@ -1,0 +1,167 @@
+"""The effective-model analysis of one scenario's ensemble: an Ising model per part of the
+network, the energy of every configuration, and entropy landscapes around references.
+
+Parts (Zou & Huang, Fig. 1): `full` (all weights), `LB` (the first weight layer), `ITR` (the
+layers in between) and `RB` (the last layer). Each part gets its own model, fitted to the
+marginal moments of its weights: the maximum-entropy model of that part alone. A network with
+two weight layers has LB and RB only; one with a single layer only `full`.
+
+References: configurations of the ensemble drawn from the lowest, middle and highest tenth of
+the full model's energy E(s)/N (`references` from each, seeded). A part's reference is the
+reference configuration's weights in that part.
+
+Written to `effective/<scenario>/<part>/` in the run's zarr store:
+    J (weight, weight_b), h, m_data, C_data, m_model, C_model, delta (step), delta_bp (bp_step)
+    energy_density (configuration)            full part only: E(s)/N of every configuration
+    x (x), d / q / entropy / free_energy / energy / converged / residual
+        (reference, direction, x): direction 0 sweeps x from +x_max down, 1 back up
+with the fit's `steps`, `converged`, `delta`, `rank_deficient` and the references in attributes.
+
+Fit (`fit.moments`): Boltzmann learning on BP moments (`delta_bp` its Delta per step); with
+`gibbs`, then persistent-contrastive-divergence steps from the BP fit on Gibbs-sampled moments
+(`adaptsym.effective.gibbs`), and `delta` ends with the Delta of a long sampled estimate, whose sampling
+noise is `delta_noise`. With `bp`, `delta` is `delta_bp`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .model import boltzmann_learning, data_moments, s_upper, sweep
+from .ensemble import EffectiveConfig
+from .gibbs import pcd_learning
+from ..storage.store import RunStore
+
+ENERGY_CLASSES = ("low", "medium", "high")
+LANDSCAPE_FIELDS = ("q", "d", "entropy", "free_energy", "energy", "residual")
+
+
+def parts(widths: list[int]) -> dict[str, np.ndarray]:
+    """Weight indices of each part of a network with these layer widths."""
+    bounds = np.cumsum([0] + [a * b for a, b in zip(widths[:-1], widths[1:])])
+    n_layers = len(widths) - 1
+    out = {"full": np.arange(bounds[-1])}
+    if n_layers >= 2:
+        out["LB"] = np.arange(bounds[0], bounds[1])
+        if n_layers >= 3:
+            out["ITR"] = np.arange(bounds[1], bounds[-2])
+        out["RB"] = np.arange(bounds[-2], bounds[-1])
+    return out
+
+
+def pick_references(energy: np.ndarray, per_class: int, seed: int) -> dict[str, list[int]]:
+    """Configuration indices from the lowest, middle and highest tenth of the energies."""
+    order = np.argsort(energy, kind="stable")
+    k = len(order)
+    tenth = max(1, k // 10)
+    windows = {"low": order[:tenth], "medium": order[k // 2 - tenth // 2: k // 2 - tenth // 2 + tenth],
+               "high": order[k - tenth:]}
+    rng = np.random.default_rng(seed)
+    return {c: sorted(int(i) for i in rng.choice(w, size=min(per_class, len(w)), replace=False))
+            for c, w in windows.items()}
+
+
+def group(scenario: str, part: str) -> str:
+    return f"effective/{scenario}/{part}"
+
+
+def fit_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, configs: np.ndarray, log=None) -> dict:
+    """Fit the part's model and store it; returns its summary. `log(step, delta)` sees every step."""
+    f = cfg.fit
+    m, C = data_moments(configs)
+    fit = boltzmann_learning(m, C, eta=f.eta, target=f.target, max_steps=f.max_steps, damping=f.damping,
+                             bp_tol=f.bp_tol, bp_max_iter=f.bp_max_iter,
+                             on_step=None if log is None else (lambda i, d, r: log(i, d)))
+    bp_fit = fit
+    if f.moments == "gibbs":  # refine the BP fit on sampled moments; its steps continue the step count
+        gs, first = f.gibbs, bp_fit.steps
+        fit = pcd_learning(m, C, configs, J0=bp_fit.J, h0=bp_fit.h, chains=gs.chains, eta=gs.eta, decay=gs.decay,
+                           steps=gs.steps, eval_sweeps=gs.eval_sweeps, target=f.target, average=gs.average, seed=cfg.seed,
+                           on_step=None if log is None else (lambda i, d, r: log(first + i, d)))
+    g = group(scenario, part)
+    store.reset_group(g)
+    n = m.shape[0]
+    for name, arr, dims in (("J", fit.J, ("weight", "weight_b")), ("h", fit.h, ("weight",)),
+                            ("m_data", m, ("weight",)), ("C_data", C, ("weight", "weight_b")),
+                            ("m_model", fit.m_model, ("weight",)), ("C_model", fit.C_model, ("weight", "weight_b")),
+                            ("delta", np.array(fit.deltas), ("step",)), ("delta_bp", np.array(bp_fit.deltas), ("bp_step",))):
+        store.write(g, name, arr, dims)
+    k = configs.shape[0]
+    summary = {"n_weights": n, "configurations": k, "moments": f.moments, "steps": bp_fit.steps - 1,
+               "delta_bp": bp_fit.deltas[-1], "delta": fit.deltas[-1], "converged": bool(fit.converged),
+               "target": f.target, "bp_iterations_last": bp_fit.bp_iterations[-1], "rank_deficient": bool(k <= n)}
+    if f.moments == "gibbs":
+        # the reported Delta is of sampled moments: its sampling noise adds in quadrature (`gibbs`)
+        summary.update(gibbs_steps=f.gibbs.steps, delta_noise=fit.noise, samples=f.gibbs.chains * f.gibbs.eval_sweeps)
+    store.set_attrs(summary, group=g)
+    return {"fit": fit, **summary}
+
+
+def landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, J, h,
+                   references: np.ndarray, progress=None) -> dict:
+    """Both sweeps around each reference (rows of `references`, +-1); stores and summarises them."""
+    ls = cfg.landscape
+    xs = np.linspace(ls.x_max, -ls.x_max, ls.x_steps)
+    shape = (len(references), 2, len(xs))
+    out = {k: np.zeros(shape) for k in LANDSCAPE_FIELDS}
+    conv = np.zeros(shape, dtype=bool)
+    bp = {"damping": cfg.fit.damping, "tol": cfg.fit.bp_tol, "max_iter": cfg.fit.bp_max_iter}
+    for r, ref in enumerate(references):
+        down, M = sweep(J, h, ref, xs, **bp)
+        up, _ = sweep(J, h, ref, xs[::-1], messages=M, **bp)  # back from where the way down ended
+        for direction, pts in ((0, down), (1, up[::-1])):
+            for i, p in enumerate(pts):
+                for key in LANDSCAPE_FIELDS:
+                    out[key][r, direction, i] = getattr(p, key)
+                conv[r, direction, i] = p.converged
+        if progress is not None:
+            progress(1)
+    g = group(scenario, part)
+    store.write(g, "x", xs, ("x",))
+    for key, arr in out.items():
+        store.write(g, key, arr, ("reference", "direction", "x"))
+    store.write(g, "converged", conv, ("reference", "direction", "x"))
+    s, d = out["entropy"], out["d"]
+    inside = conv & (d > 1e-3) & (d < 1 - 1e-3)
+    ratio = np.where(inside, s / np.maximum(s_upper(d), 1e-300), np.nan)
+    gap = np.abs(out["d"][:, 0] - out["d"][:, 1])
+    summary = {"hysteresis_max_gap": float(gap.max()), "max_d_jump": float(np.abs(np.diff(d, axis=-1)).max()),
+               "entropy_over_bound_mean": float(np.nanmean(ratio)) if np.isfinite(ratio).any() else float("nan"),
+               "entropy_excess_max": float(np.max(np.where(conv, s - s_upper(d), -np.inf))),
+               "nonconverged_points": int((~conv).sum()), "max_residual": float(out["residual"].max())}
+    store.set_attrs(summary, group=g)
+    return summary
+
+
+def shared_unit(widths: list[int], idx: np.ndarray) -> np.ndarray:
+    """(len(idx), len(idx)) bool: weights idx[a] and idx[b] (a != b) touch a common unit (the
+    same input or output neuron), e.g. two weights into one hidden unit."""
+    ends = []
+    offset, unit0 = 0, 0
+    for a, b in zip(widths[:-1], widths[1:]):
+        i, j = np.divmod(np.arange(a * b), b)  # weight (i, j) of this layer: unit i below, unit j above
+        ends.append(np.stack([unit0 + i, unit0 + a + j], axis=1))
+        offset += a * b
+        unit0 += a
+    e = np.concatenate(ends)[idx]
+    inc = np.zeros((len(idx), sum(widths)), dtype=np.float32)
+    inc[np.arange(len(idx)), e[:, 0]] = 1
+    inc[np.arange(len(idx)), e[:, 1]] = 1
+    out = (inc @ inc.T) > 0
+    np.fill_diagonal(out, False)
+    return out
+
+
+def correlation_diagnostics(widths, idx, m_data, C_data, C_model) -> dict:
+    """Where the correlations are and where the fit misses them: the root mean square of the
+    connected data correlation C_ij - m_i m_j and of the fit error C_model - C_data, over pairs
+    that share a unit and over the rest."""
+    sh = shared_unit(widths, idx)
+    other = ~sh
+    np.fill_diagonal(other, False)
+    conn = C_data - np.outer(m_data, m_data)
+    err = C_model - C_data
+    rms = lambda a, mask: float(np.sqrt(np.mean(a[mask] ** 2))) if mask.any() else float("nan")  # noqa: E731
+    return {"rms_connected_shared_unit": rms(conn, sh), "rms_connected_other": rms(conn, other),
+            "rms_C_error_shared_unit": rms(err, sh), "rms_C_error_other": rms(err, other),
+            "pairs_shared_unit": int(sh.sum() // 2), "pairs_other": int(other.sum() // 2)}

@@ -1,0 +1,313 @@
+"""The data-driven effective model of a weight space (Zou & Huang, sec. III-IV, App. B): a
+pairwise maximum-entropy (Ising) model of an ensemble of binary weight configurations, fitted
+by Boltzmann learning with belief propagation, and its entropy landscape around references.
+
+Model: P(s) = exp(-E(s)) / Z, E(s) = -sum_{i<j} J_ij s_i s_j - sum_i h_i s_i, s in {-1, +1}^N
+(the inverse temperature is absorbed into J and h).
+
+Belief propagation (the cavity method) on the fully connected model. M[i, j] is the cavity
+magnetisation of i with the coupling (ij) removed; the coupling sends i the field
+u[i, j] = atanh(tanh(J_ij) M[j, i]). With H_i = h_i + sum_j u[i, j] the fixed point solves
+M[i, j] = tanh(H_i - u[i, j]) (eq. B2). From it (eqs. B1, B3):
+  m_i = tanh(H_i),
+  C_ij = (t_ij + M[i,j] M[j,i]) / (1 + t_ij M[i,j] M[j,i]),  t_ij = tanh(J_ij),
+  -ln Z ~ F = sum_i dF_i - sum_{i<j} dF_ij,
+    dF_i  = -sum_j ln cosh J_ij - ln sum_{x=+-1} exp(x h_i) prod_j (1 + x t_ij M[j, i]),
+    dF_ij = -ln cosh J_ij - ln(1 + t_ij M[i,j] M[j,i]),
+  E = -sum_{i<j} J_ij C_ij - sum_i h_i m_i  (the energy under the Bethe beliefs; at a fixed
+      point it equals d(beta F)/d(beta), eq. B4, which a test checks by finite differences).
+BP is exact on trees and close to exact for weak couplings; `exact_moments` enumerates all 2^N
+states as the brute-force reference (N <= 20).
+
+Boltzmann learning (eq. 5): J += eta (C_data - C_model), h += eta (m_data - m_model), model
+moments from BP warm-started at the last fixed point, until the fit error Delta of eq. 6 is
+below `target` or after `max_steps` steps.
+
+Entropy landscape (eqs. 7-9, B6-B7): the field x sum_i s*_i s_i towards a reference s* is
+added by h_i -> h_i + x s*_i. At each x of a sweep (warm-started from the previous x, so the
+two sweep directions can disagree: hysteresis), q = sum_i m_i s*_i / N, d = (1 - q) / 2, the
+free energy density f = F / N, the energy density e = E / N (of the model without x), and the
+entropy density s = -f + e - x q. Bounded by s_ub(d) = -d ln d - (1 - d) ln(1 - d).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserFacingError
+
+
+class NotConvergedError(UserFacingError, RuntimeError):
+    """Belief propagation did not reach its tolerance; the message gives the last residual."""
+
+
+@dataclass
+class BPResult:
+    """A belief-propagation fixed point (or the last iterate, when `converged` is False)."""
+
+    messages: np.ndarray  # M[i, j]: cavity magnetisation of i without the coupling (ij)
+    m: np.ndarray
+    C: np.ndarray  # pair correlations <s_i s_j>, diagonal 1
+    free_energy: float  # F ~ -ln Z
+    energy: float  # <E> under the beliefs
+    iterations: int
+    residual: float
+    converged: bool
+
+    @property
+    def entropy(self) -> float:
+        return self.energy - self.free_energy
+
+
+def check_model(J: np.ndarray, h: np.ndarray) -> None:
+    J, h = np.asarray(J), np.asarray(h)
+    n = h.shape[0]
+    if J.shape != (n, n):
+        raise ValueError(f"J has shape {J.shape}; it must be ({n}, {n}) for {n} fields h")
+    if not np.allclose(J, J.T) or np.any(np.diag(J) != 0):
+        raise ValueError("J must be symmetric with a zero diagonal")
+
+
+def belief_propagation(J: np.ndarray, h: np.ndarray, messages: np.ndarray | None = None, damping: float = 0.5,
+                       tol: float = 1e-9, max_iter: int = 2000, strict: bool = True) -> BPResult:
+    """Iterate eq. B2 (damped: M <- damping M_old + (1 - damping) M_new) from `messages` (or from
+    M[i, j] = tanh(h_i)) until max |M_new - M_old| < tol. A run that stops at `max_iter` raises
+    NotConvergedError with its residual when `strict`, else returns `converged=False`."""
+    check_model(J, h)
+    n = h.shape[0]
+    t = np.tanh(J)
+    M = np.repeat(np.tanh(h)[:, None], n, axis=1) if messages is None else messages.copy()
+    residual, it = np.inf, 0
+    for it in range(1, max_iter + 1):
+        u = np.arctanh(t * M.T)
+        H = h + u.sum(1)
+        new = np.tanh(H[:, None] - u)
+        np.fill_diagonal(new, 0.0)
+        residual = float(np.abs(new - M).max()) if n > 1 else 0.0
+        M = damping * M + (1 - damping) * new
+        if residual < tol:
+            break
+    converged = residual < tol
+    if strict and not converged:
+        raise NotConvergedError(
+            f"belief propagation did not converge in {max_iter} iterations (last residual {residual:.3g}, "
+            f"tolerance {tol:g}); raise max_iter or the damping, or the couplings are too strong (glassy)")
+    return _observables(J, h, M, it, residual, converged)
+
+
+def _observables(J, h, M, iterations, residual, converged) -> BPResult:
+    n = h.shape[0]
+    t = np.tanh(J)
+    u = np.arctanh(t * M.T)
+    m = np.tanh(h + u.sum(1))
+    MM = M * M.T
+    C = (t + MM) / (1 + t * MM)
+    np.fill_diagonal(C, 1.0)
+    iu = np.triu_indices(n, 1)
+    logcosh = np.log(np.cosh(J))
+    # dF_i: log of sum_x exp(x h_i) prod_j (1 + x t_ij M[j, i]) (diagonal terms are 0: log 1)
+    hat = t * M.T
+    plus = h + np.log1p(hat).sum(1)
+    minus = -h + np.log1p(-hat).sum(1)
+    dF_i = -logcosh.sum(1) - np.logaddexp(plus, minus)
+    dF_a = -logcosh[iu] - np.log1p(t[iu] * MM[iu])
+    F = float(dF_i.sum() - dF_a.sum())
+    E = float(-(J[iu] * C[iu]).sum() - h @ m)
+    return BPResult(M, m, C, F, E, iterations, residual, converged)
+
+
+# ---------------------------------------------------------------- brute force (N <= 20)
+def all_states(n: int) -> np.ndarray:
+    """(2^n, n) every configuration in {-1, +1}^n."""
+    if n > 20:
+        raise ValueError(f"exact enumeration of 2^{n} states is too large (N <= 20)")
+    bits = (np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1
+    return (2 * bits - 1).astype(np.float64)
+
+
+@dataclass
+class ExactResult:
+    m: np.ndarray
+    C: np.ndarray
+    free_energy: float  # -ln Z
+    energy: float
+    entropy: float
+
+
+def energies(J: np.ndarray, h: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """E(s) of each row of `states`."""
+    return -0.5 * np.einsum("ki,ij,kj->k", states, J, states) - states @ h
+
+
+def exact_moments(J: np.ndarray, h: np.ndarray) -> ExactResult:
+    """m, C, -ln Z, <E> and the entropy by summing over all 2^N states."""
+    check_model(J, h)
+    s = all_states(h.shape[0])
+    e = energies(J, h, s)
+    logw = -e
+    lnZ = float(np.logaddexp.reduce(logw))
+    p = np.exp(logw - lnZ)
+    E = float(p @ e)
+    return ExactResult(p @ s, (s * p[:, None]).T @ s, -lnZ, E, E + lnZ)
+
+
+def exact_samples(J: np.ndarray, h: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n independent exact samples (int8) by enumerating all states."""
+    s = all_states(h.shape[0])
+    logw = -energies(J, h, s)
+    p = np.exp(logw - logw.max())
+    return s[rng.choice(len(s), size=n, p=p / p.sum())].astype(np.int8)
+
+
+# ---------------------------------------------------------------- data and fitting
+def data_moments(configs: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Magnetisations m_i = <s_i> and correlations C_ij = <s_i s_j> of configurations (K x N, +-1)."""
+    k, n = configs.shape
+    if k == 0:
+        raise ValueError("no configurations to take moments of")
+    m = np.zeros(n)
+    C = np.zeros((n, n))
+    for a in range(0, k, chunk):
+        x = np.asarray(configs[a:a + chunk], dtype=np.float64)
+        m += x.sum(0)
+        C += x.T @ x
+    return m / k, C / k
+
+
+def fit_error(m_data, C_data, m_model, C_model) -> float:
+    """Delta of eq. 6: the root mean square of the magnetisation and the pair-correlation errors."""
+    n = m_data.shape[0]
+    iu = np.triu_indices(n, 1)
+    dm = np.mean((m_data - m_model) ** 2)
+    dC = np.mean((C_data[iu] - C_model[iu]) ** 2) if n > 1 else 0.0
+    return float(np.sqrt(dm + dC))
+
+
+@dataclass
+class FitResult:
+    J: np.ndarray
+    h: np.ndarray
+    m_model: np.ndarray
+    C_model: np.ndarray
+    deltas: list[float]  # Delta of the start and after each accepted step
+    bp_iterations: list[int]
+    converged: bool  # Delta < target
+    messages: np.ndarray | None = field(default=None, repr=False)
+    noise: float | None = None  # sampled moments (`gibbs`): the sampling noise in the last Delta
+
+    @property
+    def steps(self) -> int:
+        return len(self.deltas)
+
+
+def _model_moments(J, h, moments, M, damping, bp_tol, bp_max_iter):
+    if moments == "exact":
+        ex = exact_moments(J, h)
+        return ex.m, ex.C, None, 0
+    if moments == "bp":
+        bp = belief_propagation(J, h, M, damping=damping, tol=bp_tol, max_iter=bp_max_iter)
+        return bp.m, bp.C, bp.messages, bp.iterations
+    raise ValueError(f"moments must be 'bp' or 'exact', not {moments!r}")
+
+
+def boltzmann_learning(m_data: np.ndarray, C_data: np.ndarray, eta: float = 0.5, target: float = 0.01,
+                       max_steps: int = 300, moments: str = "bp", damping: float = 0.5, bp_tol: float = 1e-8,
+                       bp_max_iter: int = 2000, adapt: bool = True, on_step=None) -> FitResult:
+    """Fit (J, h) to the data moments by eq. 5. `moments`: "bp" (belief propagation, warm-started)
+    or "exact" (enumeration, N <= 20: the reference). Starts from the independent model
+    (J = 0, h = atanh m_data). With `adapt`, a step that raises Delta, or after which belief
+    propagation does not converge, is undone and retried with half the rate; an accepted step
+    raises the rate by 10% (up to `eta`); the fit stops when the rate falls below 1e-4 eta
+    (stalled). `max_steps` counts attempted steps, accepted or not. A fixed rate diverges on strongly correlated ensembles
+    (the likelihood's curvature grows with N along collective modes). `on_step(step, delta,
+    rate)` is called after each accepted step; Delta is that of the returned model."""
+    n = m_data.shape[0]
+    m_clip = np.clip(m_data, -1 + 1e-6, 1 - 1e-6)
+    J, h = np.zeros((n, n)), np.arctanh(m_clip)
+    m_mod, C_mod, M, it = _model_moments(J, h, moments, None, damping, bp_tol, bp_max_iter)
+    delta = fit_error(m_data, C_data, m_mod, C_mod)
+    deltas, iters, rate, tries = [delta], [it], eta, 0
+    if on_step is not None:
+        on_step(0, delta, rate)
+    while delta >= target and tries < max_steps:
+        tries += 1
+        dC = C_data - C_mod
+        np.fill_diagonal(dC, 0.0)
+        J_new, h_new = J + rate * dC, h + rate * (m_data - m_mod)
+        try:
+            m_new, C_new, M_new, it = _model_moments(J_new, h_new, moments, M, damping, bp_tol, bp_max_iter)
+            d_new = fit_error(m_data, C_data, m_new, C_new)
+        except NotConvergedError:
+            if not adapt:
+                raise
+            d_new = np.inf
+        if adapt and not d_new < delta:
+            rate /= 2
+            if rate < eta * 1e-4:  # no step of any useful size lowers Delta: stalled
+                break
+            continue
+        J, h, m_mod, C_mod, M, delta = J_new, h_new, m_new, C_new, M_new, d_new
+        deltas.append(delta)
+        iters.append(it)
+        rate = min(eta, rate * 1.1) if adapt else rate
+        if on_step is not None:
+            on_step(len(deltas) - 1, delta, rate)
+    return FitResult(J, h, m_mod, C_mod, deltas, iters, delta < target, M)
+
+
+# ---------------------------------------------------------------- entropy landscape
+def s_upper(d):
+    """The entropy bound s_ub(d) = -d ln d - (1 - d) ln(1 - d) (0 at d = 0 and 1)."""
+    d = np.clip(np.asarray(d, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = -np.where(d > 0, d * np.log(d), 0.0) - np.where(d < 1, (1 - d) * np.log1p(-d), 0.0)
+    return out
+
+
+@dataclass
+class LandscapePoint:
+    x: float
+    q: float
+    d: float
+    free_energy: float  # f = F / N (with the x term)
+    energy: float  # e = E / N (without it)
+    entropy: float  # s = -f + e - x q
+    converged: bool
+    residual: float
+    iterations: int
+
+
+def landscape_point(J, h, reference, x, messages=None, **bp) -> tuple[LandscapePoint, np.ndarray]:
+    """The fixed point at coupling field x towards `reference` (+-1), and its messages."""
+    n = h.shape[0]
+    ref = np.asarray(reference, dtype=np.float64)
+    r = belief_propagation(J, h + x * ref, messages, strict=False, **bp)
+    q = float(r.m @ ref / n)
+    energy = float(-(J[np.triu_indices(n, 1)] * r.C[np.triu_indices(n, 1)]).sum() - h @ r.m)
+    f, e = r.free_energy / n, energy / n
+    return LandscapePoint(x, q, (1 - q) / 2, f, e, -f + e - x * q, r.converged, r.residual, r.iterations), r.messages
+
+
+def sweep(J, h, reference, xs, messages=None, **bp) -> tuple[list[LandscapePoint], np.ndarray]:
+    """Landscape points along `xs` in the given order, each warm-started from the previous one,
+    the first from `messages` (default: M[i, j] = tanh(h_i + x_0 s*_i)); and the last messages,
+    from which a sweep back starts (that is how hysteresis shows)."""
+    out, M = [], messages
+    for x in xs:
+        p, M = landscape_point(J, h, reference, float(x), M, **bp)
+        out.append(p)
+    return out, M
+
+
+def exact_landscape_point(J, h, reference, x) -> LandscapePoint:
+    """The same quantities by enumeration (N <= 20)."""
+    n = h.shape[0]
+    ref = np.asarray(reference, dtype=np.float64)
+    ex = exact_moments(J, h + x * ref)
+    q = float(ex.m @ ref / n)
+    iu = np.triu_indices(n, 1)
+    e = float(-(J[iu] * ex.C[iu]).sum() - h @ ex.m) / n
+    f = ex.free_energy / n
+    return LandscapePoint(x, q, (1 - q) / 2, f, e, -f + e - x * q, True, 0.0, 0)

@@ -1,0 +1,53 @@
+"""The result of one observable at one checkpoint (named arrays with dimension names, and scalars),
+and the context every observable is measured in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an observable's `measure(context)` gets at one checkpoint (see `adaptsym.observables.registry`)."""
+
+    model: Any  # models.BiasFreeNet at the checkpoint
+    ckpt: dict  # the checkpoint payload
+    x: Any  # the measurement pool
+    y: Any
+    cfg: Any  # config.RunConfig
+    s: int  # minibatch size
+    epoch: int
+    store: Any  # store.RunStore
+    group: str  # the checkpoint's zarr group
+    executor: Any  # protocols.Executor
+    design: Any  # entries.EntryDesign of the Hessian entries
+    op: Any  # protocols.CurvatureOperator: the pool Hessian
+    progress: bool = False
+
+
+@dataclass
+class Observation:
+    name: str  # subgroup inside the checkpoint group, e.g. 'hessian_entries'
+    arrays: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
+    scalars: dict[str, float] = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+    chunks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def add(self, name: str, data, dims: list[str], chunks: tuple[int, ...] | None = None) -> None:
+        self.arrays[name] = (np.asarray(data), list(dims))
+        if chunks is not None:
+            self.chunks[name] = chunks
+
+    def write(self, store, group: str) -> None:
+        """Write arrays under <group>/<name>/ and scalars as attributes of that subgroup."""
+        sub = f"{group}/{self.name}"
+        for key, (data, dims) in self.arrays.items():
+            store.write(sub, key, data, dims, chunks=self.chunks.get(key))
+        store.set_attrs({**self.attrs, "scalars": self.scalars}, group=sub)
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars prefixed with the observable's name, for MLflow."""
+        return {f"{self.name}.{k}": float(v) for k, v in self.scalars.items()}
