@@ -12,12 +12,14 @@ Both are `runtime_checkable`, and the tests check every implementation against t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 import torch
 
 if TYPE_CHECKING:  # type names only: importing them here would be a cycle (entry_blocks uses the store)
-    from .observables.entry_blocks import EntryWork
+    from .observables.entry_blocks import EntryBlocks, EntryWork
+
+R = TypeVar("R", covariant=True)  # the result type of a task
 
 
 @runtime_checkable
@@ -40,13 +42,23 @@ class CurvatureOperator(Protocol):
 
 
 @runtime_checkable
+class Task(Protocol[R]):
+    """One unit of the Hessian-entry block work (`observables.entry_blocks.TASKS`): its type names
+    the `EntryBlocks` method it runs and the frozen result that comes back."""
+
+    def run(self, blocks: "EntryBlocks") -> R:
+        """Do this unit of work on a worker's `EntryBlocks`."""
+        ...
+
+
+@runtime_checkable
 class Executor(Protocol):
     name: str
 
-    def run(self, work: "EntryWork", method: str, tasks: Sequence[tuple], on_result: Callable[[tuple, object], None],
+    def run(self, work: "EntryWork", tasks: Sequence[Task[R]], on_result: Callable[[Task[R], R], None],
             desc: str | None = None, progress: bool = False) -> None:
-        """Run `EntryBlocks.<method>(*task)` for every task (an `entry_blocks` task NamedTuple); the
-        driver gets `on_result(task, result)` with the method's frozen result."""
+        """Run `task.run(blocks)` for every task on an `EntryBlocks` of `work`; the driver gets
+        `on_result(task, result)` with the task's frozen result, as results arrive."""
         ...
 
     def pool_hessian(self, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,

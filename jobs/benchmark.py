@@ -164,7 +164,7 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
             ex = RayExecutor(n_actors=n_act, threads_per_actor=1)
             w = work(f"a{n_act}_{len(times)}_{time.perf_counter_ns()}")
             prepare(store, w)
-            ex.run(w, "h_tile", w.tiles()[:n_act], lambda t, r: None)  # warm every actor (imports, model)
+            ex.run(w, w.tiles()[:n_act], lambda t, r: None)  # warm every actor (imports, model)
             t0 = time.perf_counter()
             compute_h(store, w, ex)
             times[n_act] = min(times.get(n_act, np.inf), time.perf_counter() - t0)
@@ -173,7 +173,7 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
         ex = RayExecutor(n_actors=2, threads_per_actor=1)
         w = work("overhead")
         prepare(store, w)
-        ex.run(w, "h_tile", w.tiles()[:2], lambda t, r: None)
+        ex.run(w, w.tiles()[:2], lambda t, r: None)
         ex.busy_seconds = 0.0
         t0 = time.perf_counter()
         compute_h(store, w, ex)

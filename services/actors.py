@@ -50,15 +50,16 @@ class MeasureActor:
             found |= {str(t.device) for t in (*model.params(), x)}
         return sorted(found)
 
-    def run(self, key: tuple, work_ref: list, method: str, task: tuple):
-        """(result, compute seconds). `work_ref` is [ObjectRef]: fetched only for a new checkpoint."""
+    def run(self, key: tuple, work_ref: list, task):
+        """(the task's result, compute seconds): `task.run` on this actor's `EntryBlocks`.
+        `work_ref` is [ObjectRef]: fetched only for a new checkpoint."""
         from adaptsym.observables.entry_blocks import EntryBlocks
 
         if key != self.key:
             self.blocks = EntryBlocks(ray.get(work_ref[0]), self.device)
             self.key = key
         t0 = time.perf_counter()
-        out = self.blocks.call(method, task)
+        out = task.run(self.blocks)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0

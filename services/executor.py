@@ -24,13 +24,15 @@ from tqdm.auto import tqdm
 
 from adaptsym.errors import TileError
 from adaptsym.progress import bar_off
+from adaptsym.protocols import R, Task
 
 from .actors import MeasureActor
 
 
-def _describe(method: str, task: tuple) -> str:
+def _describe(task) -> str:
+    """A task for a message: its type and its small integer fields, e.g. HTileTask(3, 1)."""
     small = [t for t in task if isinstance(t, (int, np.integer))]
-    return f"{method}{tuple(int(t) for t in small)}"
+    return f"{type(task).__name__}{tuple(int(t) for t in small)}"
 
 
 class RayExecutor:
@@ -66,20 +68,22 @@ class RayExecutor:
             self._work_key, self._work_ref = work.key, ray.put(work)
         return self._work_ref
 
-    def run(self, work, method: str, tasks: Sequence[tuple], on_result: Callable, desc: str | None = None,
+    def run(self, work, tasks: Sequence[Task[R]], on_result: Callable[[Task[R], R], None], desc: str | None = None,
             progress: bool = False) -> None:
         ref = [self._ref(work)]
         queue = deque(range(len(tasks)))
         attempts = [0] * len(tasks)
         inflight: dict = {}
         idle = deque(a for _ in range(self.inflight_per_actor) for a in self.actors)
-        bar = tqdm(total=len(tasks), desc=desc or method, disable=bar_off(progress), unit="tile", leave=False)
+        kind = type(tasks[0]) if tasks else None
+        bar = tqdm(total=len(tasks), desc=desc or getattr(kind, "__name__", "tasks"), disable=bar_off(progress),
+                   unit="tile", leave=False)
         done = 0
         try:
             while queue or inflight:
                 while queue and idle:
                     i, actor = queue.popleft(), idle.popleft()
-                    inflight[actor.run.remote(work.key, ref, method, tasks[i])] = (i, actor)
+                    inflight[actor.run.remote(work.key, ref, tasks[i])] = (i, actor)
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 for r in ready:
                     i, actor = inflight.pop(r)
@@ -91,7 +95,7 @@ class RayExecutor:
                         if attempts[i] > self.max_tile_retries:
                             cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
                             raise TileError(
-                                f"tile {_describe(method, tasks[i])} of {work.group} failed {attempts[i]} times; "
+                                f"tile {_describe(tasks[i])} of {work.group} failed {attempts[i]} times; "
                                 f"last error: {type(exc).__name__}: {cause}. Finished tiles are kept: fix the cause "
                                 "and rerun the same command to resume") from exc
                         queue.appendleft(i)
@@ -101,7 +105,7 @@ class RayExecutor:
                     done += 1
                     bar.update(1)
                     if self.on_progress:
-                        self.on_progress(method, done, len(tasks))
+                        self.on_progress(kind, done, len(tasks))
         except BaseException:
             for r in inflight:
                 ray.cancel(r, force=False)

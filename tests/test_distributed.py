@@ -15,6 +15,7 @@ import pytest
 
 from adaptsym.errors import TileError
 from adaptsym.measure import measure_run
+from adaptsym.observables.entry_blocks import HTileTask
 from adaptsym.storage.store import RunStore
 from adaptsym.train import train
 from jobs.cli import main
@@ -118,8 +119,8 @@ def test_killed_actor_changes_nothing(ray_cluster, reference, tmp_path):
     run_dir = fresh_copy(ref_dir, tmp_path)
     killed = []
 
-    def kill_one(method, done, total):
-        if method == "h_tile" and done == 2 and not killed:
+    def kill_one(kind, done, total):
+        if kind is HTileTask and done == 2 and not killed:
             pid = ex.actor_pids()[0]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -139,10 +140,11 @@ def test_killed_driver_then_rerun_computes_only_missing_tiles(ray_cluster, refer
         from services.cluster import connect
         from services.executor import RayExecutor
         from adaptsym.measure import measure_run
+        from adaptsym.observables.entry_blocks import HTileTask
         from tests.test_train_checkpoint import tiny_config
 
-        def die(method, done, total):
-            if method == "h_tile" and done == 3:
+        def die(kind, done, total):
+            if kind is HTileTask and done == 3:
                 os.kill(os.getpid(), signal.SIGKILL)  # the driver dies mid-run
 
         connect(None, num_cpus=2, num_gpus=0)
@@ -181,7 +183,7 @@ def test_corrupt_tile_is_recomputed_and_a_failing_tile_stops_with_its_name(ray_c
         store.mark_complete("epoch_0001", False)
         chunk.unlink()
         chunk.mkdir()
-        with pytest.raises(TileError, match=r"h_tile\(0, 1\).*failed 3 times") as err:
+        with pytest.raises(TileError, match=r"HTileTask\(0, 1\).*failed 3 times") as err:
             measure_run(run_dir, cfg=cfg, epochs=[1], progress=False, executor=ex)
         assert "rerun the same command" in str(err.value)
         done = np.asarray(store.root["epoch_0001/hessian_entries/tile_done"][...])

@@ -95,3 +95,30 @@ def test_the_report_package_keeps_the_old_modules_public_names():
 
     assert render_report is render.render_report and FIGURES is render.FIGURES
     assert MissingData is render.MissingData and Report is render.Report
+
+
+def test_the_executor_seam_is_typed_without_method_strings():
+    """Each task type names the `EntryBlocks` method it runs and returns that method's result type;
+    no method name travels as a string through the executors (local, Ray) or their callers."""
+    import typing
+
+    from adaptsym.observables import entry_blocks
+    from adaptsym.protocols import Task
+
+    methods = {name for name, fn in vars(entry_blocks.EntryBlocks).items()
+               if callable(fn) and not name.startswith("_") and name.endswith(("tile", "block"))}
+    assert methods and len(entry_blocks.TASKS) == len(methods)
+    for task in entry_blocks.TASKS:
+        ret = typing.get_type_hints(task.run, vars(entry_blocks))["return"]
+        called = [m for m in methods if f"blocks.{m}(" in __import__("inspect").getsource(task.run)]
+        assert len(called) == 1, (task, called)
+        assert typing.get_type_hints(getattr(entry_blocks.EntryBlocks, called[0]), vars(entry_blocks))["return"] is ret
+        assert issubclass(task, tuple) and isinstance(task._make(range(len(task._fields))), Task)
+    repo = ROOT.parent
+    files = list(repo.glob("services/*.py")) + list(repo.glob("jobs/*.py")) + list(ROOT.rglob("*.py"))
+    strings = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in methods:
+                strings.append(f"{path.relative_to(repo)}:{node.lineno}: {node.value!r}")
+    assert not strings, strings

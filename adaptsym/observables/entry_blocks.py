@@ -65,27 +65,49 @@ def stream(seed: int, epoch: int, which: int) -> np.random.Generator:
 
 
 # ---------------------------------------------------------------- units of work and their results
-# Each method of `EntryBlocks` takes one task (a NamedTuple: it pickles, unpacks into the method's
-# arguments, and a tile task indexes the `tile_done` array) and returns one frozen result.
+# Each unit of work is a task (a NamedTuple: it pickles, and a tile task indexes the `tile_done`
+# array) whose `run(blocks)` calls the one `EntryBlocks` method it stands for and returns that
+# method's frozen result: the type of the task says which work it is and what comes back, and an
+# executor needs nothing else (`protocols.Task`, `protocols.Executor`).
 
 
 class HTileTask(NamedTuple):
     ei: int  # example chunk
     ai: int  # entry chunk
 
+    def run(self, blocks: "EntryBlocks") -> "HTileResult":
+        return blocks.h_tile(self.ei, self.ai)
+
 
 class EntryBlockTask(NamedTuple):
     ai: int  # entry chunk
 
+    def run(self, blocks: "EntryBlocks") -> "EntryBlockResult":
+        return blocks.entry_block(self.ai)
 
-class CorrTask(NamedTuple):
+
+class CorrThresholdTask(NamedTuple):
     bi: int  # block of valid entries (rows)
     bj: int  # block (columns), bj >= bi
     ei: np.ndarray  # the entries of block bi
     ej: np.ndarray
+    reading: str = "marginal"  # one of nonzero.READINGS: the rows the correlations are over
+
+    def run(self, blocks: "EntryBlocks") -> "ThresholdTileResult":
+        return blocks.corr_threshold_tile(self.bi, self.bj, self.ei, self.ej, self.reading)
+
+
+class CorrHistogramTask(NamedTuple):
+    bi: int
+    bj: int
+    ei: np.ndarray
+    ej: np.ndarray
     # one of nonzero.READINGS: the test family (active: the active reading's test over every pair;
-    # marginal: the pool test over the pairs of mild entries) or, for the threshold rule, the reading
+    # marginal: the pool test over the pairs of mild entries)
     reading: str = "marginal"
+
+    def run(self, blocks: "EntryBlocks") -> "HistogramTileResult":
+        return blocks.corr_histogram_tile(self.bi, self.bj, self.ei, self.ej, self.reading)
 
 
 class CorrDecisionTask(NamedTuple):
@@ -95,6 +117,9 @@ class CorrDecisionTask(NamedTuple):
     ej: np.ndarray
     window: tuple[float, float]  # the streaming BH window of |T| (z_low, z_high)
     reading: str = "marginal"
+
+    def run(self, blocks: "EntryBlocks") -> "DecisionTileResult":
+        return blocks.corr_decision_tile(self.bi, self.bj, self.ei, self.ej, self.window, self.reading)
 
 
 class CorrUnionTask(NamedTuple):
@@ -106,10 +131,20 @@ class CorrUnionTask(NamedTuple):
     # q / 2 (the two halves of the marginal union)
     thresholds: tuple[float, float, float]
 
+    def run(self, blocks: "EntryBlocks") -> "UnionTileResult":
+        return blocks.corr_union_tile(self.bi, self.bj, self.ei, self.ej, self.thresholds)
+
 
 class ComomentTask(NamedTuple):
     index: int  # block of tuples
     tuples: np.ndarray  # (tuples, order) entry indices
+
+    def run(self, blocks: "EntryBlocks") -> "ComomentTileResult":
+        return blocks.comoment_tile(self.index, self.tuples)
+
+
+TASKS = (HTileTask, EntryBlockTask, CorrThresholdTask, CorrHistogramTask, CorrDecisionTask, CorrUnionTask,
+         ComomentTask)
 
 
 @dataclass(frozen=True)
@@ -474,21 +509,3 @@ class EntryBlocks:
         return ComomentTileResult(value=value, pool=pool, tstat=tstat, n_nonzero=rows_all_nonzero(nz, tup),
                                   active_value=at_minibatch(a_pool, tuples.shape[1], self.work.s), active_tstat=a_tstat,
                                   mild=np.all(calm[tup], axis=1))
-
-    # ------------------------------------------------------------------ dispatch
-    def call(self, method: str, task: tuple):
-        """Run one unit of work named by `method` (one of METHODS) on the arguments `task`."""
-        try:
-            fn = _METHODS[method]
-        except KeyError:
-            raise ValueError(f"unknown block method {method!r}; one of {', '.join(_METHODS)}") from None
-        return fn(self, *task)
-
-
-# The units of work a worker does, by name (executors send the name and the arguments).
-_METHODS = {"h_tile": EntryBlocks.h_tile, "entry_block": EntryBlocks.entry_block,
-            "corr_threshold_tile": EntryBlocks.corr_threshold_tile,
-            "corr_histogram_tile": EntryBlocks.corr_histogram_tile,
-            "corr_decision_tile": EntryBlocks.corr_decision_tile, "corr_union_tile": EntryBlocks.corr_union_tile,
-            "comoment_tile": EntryBlocks.comoment_tile}
-METHODS = tuple(_METHODS)

@@ -1,6 +1,7 @@
 """Where block-level work runs. `LocalExecutor` runs it in this process, one task after another;
-`services.executor.RayExecutor` runs the same methods on Ray actors. Both call `on_result(task,
-result)` in the driver as results arrive, which is where the driver records progress."""
+`services.executor.RayExecutor` runs the same tasks on Ray actors. Both call `task.run(blocks)` on
+a worker's `EntryBlocks` and hand `on_result(task, result)` to the driver as results arrive, which
+is where the driver records progress (`protocols.Executor`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .entry_blocks import EntryBlocks, EntryWork
 from ..progress import bar_off
-from ..protocols import CurvatureOperator
+from ..protocols import CurvatureOperator, R, Task
 from ..curvature.hvp import PoolHessian
 
 
@@ -21,13 +22,14 @@ class LocalExecutor:
         self.device = device
         self._blocks: dict = {}
 
-    def run(self, work: EntryWork, method: str, tasks: Sequence[tuple], on_result: Callable,
+    def run(self, work: EntryWork, tasks: Sequence[Task[R]], on_result: Callable[[Task[R], R], None],
             desc: str | None = None, progress: bool = False) -> None:
         if work.key not in self._blocks:
             self._blocks = {work.key: EntryBlocks(work, self.device)}  # one checkpoint at a time
         blocks = self._blocks[work.key]
-        for task in tqdm(tasks, desc=desc or method, disable=bar_off(progress), unit="tile", leave=False):
-            on_result(task, blocks.call(method, task))
+        label = desc or (type(tasks[0]).__name__ if tasks else "tasks")
+        for task in tqdm(tasks, desc=label, disable=bar_off(progress), unit="tile", leave=False):
+            on_result(task, task.run(blocks))
 
     def pool_hessian(self, model, ckpt: dict, x, y, dtype: str, chunk: int,
                      graph_budget_mb: float | None = None) -> CurvatureOperator:

@@ -27,7 +27,7 @@ from ..stats.correlation import standardise, standardise_over, union_detectabili
 from ..stats.coupling import coupling_summary
 from .entry_blocks import (FORCED_KEYS, PER_ENTRY, PER_ENTRY_ACTIVE, PER_ENTRY_CI, PER_ENTRY_INT, PER_ENTRY_SPARSITY,
                            STREAM_COUPLING, STREAM_MARDIA, STREAM_SUB, STREAM_TUPLES,
-                           ComomentTask, CorrDecisionTask, CorrTask, CorrUnionTask, EntryBlocks, EntryBlockTask,
+                           ComomentTask, CorrDecisionTask, CorrHistogramTask, CorrThresholdTask, CorrUnionTask, EntryBlocks, EntryBlockTask,
                            EntryWork, stream)
 from ..stats.entry_stats import Z_BATCHES, fraction_interval, fraction_std, summarise_deviations, z_fraction
 from ..config import HessianEntriesSpec
@@ -99,7 +99,7 @@ def compute_h(store, work: EntryWork, executor: Executor, progress: bool = False
                                  f"in tile {task}; the HVP is wrong")
         done_arr[task] = 1  # only after the worker wrote the chunk
 
-    executor.run(work, "h_tile", pending, on_result, desc=f"h tiles (epoch {work.epoch})", progress=progress)
+    executor.run(work, pending, on_result, desc=f"h tiles (epoch {work.epoch})", progress=progress)
     return len(pending), len(work.tiles())
 
 
@@ -143,7 +143,7 @@ def _entry_blocks(work: EntryWork, executor: Executor, progress: bool) -> list:
     """Phase 2: every entry block's results, in block order."""
     na = ceil_div(work.design.n_entries, work.entry_chunk)
     blocks: dict = {}
-    executor.run(work, "entry_block", [EntryBlockTask(ai) for ai in range(na)], lambda t, r: blocks.__setitem__(t.ai, r),
+    executor.run(work, [EntryBlockTask(ai) for ai in range(na)], lambda t, r: blocks.__setitem__(t.ai, r),
                  desc="entry blocks", progress=progress)
     return [blocks[ai] for ai in range(na)]
 
@@ -261,7 +261,7 @@ def _couplings(obs: Observation, work: EntryWork, executor: Executor, vidx: np.n
         parts: dict = {}
         step = 32 * per  # small tasks balance the actors; workers cache the columns they read
         tasks = [ComomentTask(k, tup[i : i + step]) for k, i in enumerate(range(0, len(tup), step))]
-        executor.run(work, "comoment_tile", tasks, lambda t, r: parts.__setitem__(t.index, r),
+        executor.run(work, tasks, lambda t, r: parts.__setitem__(t.index, r),
                      desc=name, progress=progress)
         get = lambda key: np.concatenate([getattr(parts[k], key) for k in range(len(tasks))])  # noqa: E731
         obs.add(f"{name}_tuples", tup, [f"{name}_tuple", f"{name}_member"])
@@ -365,7 +365,7 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
         dets = {}
         for reading in READINGS:
             results: dict = {}
-            executor.run(work, "corr_threshold_tile", [CorrTask(bi, bj, blocks[bi], blocks[bj], reading)
+            executor.run(work, [CorrThresholdTask(bi, bj, blocks[bi], blocks[bj], reading)
                                                        for bi, bj in pairs],
                          lambda t, r: results.__setitem__((t.bi, t.bj), r), desc=f"correlations ({reading})",
                          progress=progress)
@@ -382,7 +382,7 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
     for reading in ("active", "marginal"):
         results = {}
         label = "correlations" + (" given activity" if reading == "active" else " over the pool (mild entries)")
-        executor.run(work, "corr_histogram_tile", [CorrTask(bi, bj, blocks[bi], blocks[bj], reading) for bi, bj in pairs],
+        executor.run(work, [CorrHistogramTask(bi, bj, blocks[bi], blocks[bj], reading) for bi, bj in pairs],
                      lambda t, r: results.__setitem__((t.bi, t.bj), r), desc=f"{label} (pass 1)", progress=progress)
         hists[reading] = sum(r.hist for _, r in sorted(results.items()))
         sc[f"{reading}.corr_mean_abs"] = sum(r.abs_sum for _, r in sorted(results.items())) / max(m_tests, 1)
@@ -391,7 +391,7 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
         bh.hist += hists[reading]
         bh.plan()
         results = {}
-        executor.run(work, "corr_decision_tile", [CorrDecisionTask(bi, bj, blocks[bi], blocks[bj], (bh.z_low, bh.z_high),
+        executor.run(work, [CorrDecisionTask(bi, bj, blocks[bi], blocks[bj], (bh.z_low, bh.z_high),
                                                                    reading) for bi, bj in pairs],
                      lambda t, r: results.__setitem__((t.bi, t.bj), r), desc=f"correlations ({reading}, q = {q:g})",
                      progress=progress)
@@ -402,7 +402,7 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
         found[key] = bh.n_high + int(sum(np.sum(r.und_v >= thresholds[key]) for r in results.values()))
     q, half = mc.fdr_q, mc.fdr_q / 2
     results = {}
-    executor.run(work, "corr_union_tile", [CorrUnionTask(bi, bj, blocks[bi], blocks[bj],
+    executor.run(work, [CorrUnionTask(bi, bj, blocks[bi], blocks[bj],
                                                          (thresholds[("active", q)], thresholds[("active", half)],
                                                           thresholds[("marginal", half)]))
                                            for bi, bj in pairs],
@@ -423,7 +423,7 @@ def correlations(work: EntryWork, executor: Executor, vidx: np.ndarray, sc: dict
         counts["marginal"][:] = 0 if det_h.untestable else counts["marginal"]
         if not det_h.untestable:  # recount without the pool family
             results = {}
-            executor.run(work, "corr_union_tile", [CorrUnionTask(bi, bj, blocks[bi], blocks[bj],
+            executor.run(work, [CorrUnionTask(bi, bj, blocks[bi], blocks[bj],
                                                                  (thresholds[("active", q)],
                                                                   thresholds[("active", half)], np.inf))
                                                    for bi, bj in pairs],

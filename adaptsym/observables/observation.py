@@ -4,27 +4,33 @@ and the context every observable is measured in."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..curvature.entries import EntryDesign
+from ..nets.models import BiasFreeNet
+from ..protocols import CurvatureOperator, Executor
+from ..storage.store import RunStore
 
 
 @dataclass(frozen=True)
 class Context:
-    """What an observable's `measure(context)` gets at one checkpoint (see `adaptsym.observables.registry`)."""
+    """What an observable's `measure(context)` gets at one checkpoint (see `observables.registry`)."""
 
-    model: Any  # models.BiasFreeNet at the checkpoint
-    ckpt: dict  # the checkpoint payload
-    x: Any  # the measurement pool
-    y: Any
-    cfg: Any  # config.RunConfig
+    model: BiasFreeNet  # the network at the checkpoint
+    ckpt: dict  # the checkpoint payload (`nets.checkpoint.load_checkpoint`)
+    x: torch.Tensor  # the measurement pool
+    y: torch.Tensor
+    cfg: RunConfig
     s: int  # minibatch size
     epoch: int
-    store: Any  # store.RunStore
+    store: RunStore
     group: str  # the checkpoint's zarr group
-    executor: Any  # protocols.Executor
-    design: Any  # entries.EntryDesign of the Hessian entries
-    op: Any  # protocols.CurvatureOperator: the pool Hessian
+    executor: Executor  # where the Hessian-entry block work runs
+    design: EntryDesign  # the sampled Hessian entries
+    op: CurvatureOperator  # the pool Hessian
     progress: bool = False
 
 
