@@ -46,7 +46,6 @@ MOVED = {
     "per_example": "curvature.per_example",
     "entries": "curvature.entries",
     "identities": "curvature.identities",
-    "registry": "observables.registry",
     "observation": "observables.observation",
     "weights": "observables.weights",
     "gradients": "observables.gradients",

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserFacingError
+from .registry import observables
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -164,12 +165,6 @@ class BlockSpectraSpec(_Strict):
     pairs: list[tuple[int, int]] = Field(default_factory=list)
 
 
-# Every observable `measure` knows (`adaptsym.observables.registry` maps each name to its module); the default
-# list leaves out `block_spectra`, which is asked for by name.
-OBSERVABLES = ("hessian_entries", "spectrum", "weights", "gradients", "circuits", "block_spectra")
-DEFAULT_OBSERVABLES = OBSERVABLES[:5]
-
-
 class HessianEntriesSpec(_Strict):
     """Sampled Hessian entries and their bootstrap statistics (SPEC section 4; `hessian_entries`)."""
 
@@ -237,9 +232,14 @@ def merge_sections(base: dict, update: dict) -> dict:
 
 class MeasureSpec(_Strict):
     """Measurement of the observables at each checkpoint (SPEC sections 3 and 4): the settings shared
-    by the observables, then one section per observable."""
+    by the observables, then one section per registered observable that has settings
+    (`adaptsym.registry`: `hessian_entries`, `spectrum`, `circuits`, `block_spectra`, and any other
+    registered). Each section is validated by its observable's settings model; `observables` lists
+    the registered names to measure (default: those registered with default=True)."""
 
-    observables: list[Literal[*OBSERVABLES]] = Field(default_factory=lambda: list(DEFAULT_OBSERVABLES))
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    observables: list[str] | None = None
     pool_size: int = Field(default=512, gt=1)  # n pool examples from the training set
     # 'all': the first pool_size of a seeded permutation of the training set, the same at every
     # checkpoint; 'active': the first pool_size of those with margin < 1 at each checkpoint (the
@@ -252,15 +252,45 @@ class MeasureSpec(_Strict):
     dtype: Literal["float32", "float64"] = "float64"
     checkpoints: list[int] | None = None  # null = every checkpoint of the run
     histogram_bins: int = Field(default=128, gt=1)  # weights and gradients (fixed per-layer bins)
-    hessian_entries: HessianEntriesSpec = Field(default_factory=HessianEntriesSpec)
-    spectrum: SpectrumSpec = Field(default_factory=SpectrumSpec)
-    circuits: CircuitSpec = Field(default_factory=CircuitSpec)
-    block_spectra: BlockSpectraSpec = Field(default_factory=BlockSpectraSpec)
 
     @model_validator(mode="before")
     @classmethod
     def _legacy_layout(cls, data: Any) -> Any:
         return nest_legacy_keys(data)[0]  # `load_config` tells the author of a YAML file
+
+    @model_validator(mode="after")
+    def _sections(self) -> "MeasureSpec":
+        """Each registered observable's section through its settings model; the observable names."""
+        registered = observables()
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        sections = {name: o.settings for name, o in registered.items() if o.settings is not None}
+        unknown = [k for k in extra if k not in sections]
+        if unknown:
+            allowed = ", ".join(list(type(self).model_fields) + list(sections))
+            raise ValueError(f"measure: unknown key {unknown[0]!r}; allowed keys here: {allowed}")
+        problems = []
+        for name, settings in sections.items():
+            value = extra.get(name, {})
+            if isinstance(value, settings):
+                continue
+            if not isinstance(value, dict):
+                problems.append(f"measure.{name}: expected a mapping of {name} settings (got {value!r})")
+                continue
+            try:
+                extra[name] = settings.model_validate(value)
+            except ValidationError as exc:
+                problems += [_format_error(e, settings, f"measure.{name}") for e in exc.errors()]
+        if problems:
+            raise ValueError("\n  - ".join(problems))
+        if self.observables is None:
+            self.__dict__["observables"] = [name for name, o in registered.items() if o.default]
+        missing = [n for n in self.observables if n not in registered]
+        if missing:
+            raise ValueError(f"measure.observables: unknown observable {missing[0]!r}; registered: "
+                             f"{', '.join(registered)}")
+        # the registry's order, the order they are measured in: a stored list compares equal whatever its order
+        self.__dict__["observables"] = [n for n in registered if n in self.observables]
+        return self
 
 
 def current_layout(measure: Any) -> Any:
@@ -330,20 +360,22 @@ def _descend(annotation: Any, key: Any) -> Any:
     return None
 
 
-def _format_error(err: dict) -> str:
+def _format_error(err: dict, root: type[BaseModel] | None = None, prefix: str = "") -> str:
     loc = err["loc"]
-    where = ".".join(str(p) for p in loc) or "(top level)"
+    where = ".".join([prefix] * bool(prefix) + [str(p) for p in loc]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        ann: Any = RunConfig
+        ann: Any = root or RunConfig
         for key in loc[:-1]:
             ann = _descend(ann, key)
         cls = _model_class(ann)
         allowed = ", ".join(cls.model_fields) if cls else "?"
-        parent = ".".join(str(p) for p in loc[:-1]) or "(top level)"
+        parent = ".".join([prefix] * bool(prefix) + [str(p) for p in loc[:-1]]) or "(top level)"
         return f"{parent}: unknown key {loc[-1]!r}; allowed keys here: {allowed}"
     if err["type"] == "missing":
         return f"{where}: required key is missing"
     msg = err["msg"]
+    if err["type"] == "value_error" and msg.startswith("Value error, measure"):
+        return msg[len("Value error, "):]  # a section's own errors, already located
     if "input" in err and err["type"] not in ("value_error", "assertion_error"):
         msg += f" (got {err['input']!r})"
     return f"{where}: {msg}"

@@ -39,7 +39,7 @@ from .storage.runlock import run_lock
 from .storage.store import RunStore, checkpoint_group
 from .util import torch_dtype
 from .protocols import Executor
-from .observables.registry import REGISTRY
+from .registry import observables
 
 
 @dataclass
@@ -84,7 +84,7 @@ def active_pool(model, x: torch.Tensor, y: torch.Tensor, size: int, seed: int, c
 
 
 def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: int, store: RunStore, group: str,
-                       executor: Executor, design: EntryDesign, progress: bool = False) -> list[Observation]:
+                       executor: Executor, design: EntryDesign | None, progress: bool = False) -> list[Observation]:
     """Every observable the measure config asks for, at one checkpoint's model, in registry order."""
     mcfg = cfg.measure
     op = executor.pool_hessian(model, ckpt, x, y, mcfg.dtype, mcfg.example_chunk,
@@ -92,7 +92,7 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
     ctx = Context(model=model, ckpt=ckpt, x=x, y=y, cfg=cfg, s=s, epoch=epoch, store=store, group=group,
                   executor=executor, design=design, op=op, progress=progress)
     out = []
-    for name, observable in REGISTRY.items():
+    for name, observable in observables().items():
         if name in mcfg.observables:
             t0 = time.perf_counter()
             obs = observable.measure(ctx)
@@ -152,11 +152,14 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
     data = load_dataset(cfg.data, cfg.seed).to(device, dtype)
     x, y = select_pool(data.x_train, data.y_train, mcfg.pool_size, cfg.seed)
     s = mcfg.hessian_entries.minibatch or cfg.train.batch_size
-    # everything a bad config can break is checked before any checkpoint group is touched
-    if mcfg.pool == "all":
-        check_pool(len(x), s)
-    index = ParamIndex(tuple(tuple(int(d) for d in shape) for shape in root["layer_shapes"]))
-    design = make_design(mcfg.hessian_entries.design, index, cfg.seed)  # the same entries at every checkpoint
+    # everything a bad config can break is checked before any checkpoint group is touched; the
+    # Hessian-entry design, the same entries at every checkpoint, only when those are measured
+    design = None
+    if "hessian_entries" in mcfg.observables:
+        if mcfg.pool == "all":
+            check_pool(len(x), s)
+        index = ParamIndex(tuple(tuple(int(d) for d in shape) for shape in root["layer_shapes"]))
+        design = make_design(mcfg.hessian_entries.design, index, cfg.seed)
     mconf = mcfg.model_dump(mode="json")
     result = MeasureResult(store.path, list(wanted))
     gone = missing_scheduled(run_dir, cfg)

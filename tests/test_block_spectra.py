@@ -65,20 +65,21 @@ def test_block_spectra_against_dense_blocks(op):
 
 
 def test_registry_names_match_the_config_and_run_the_new_observable(tmp_path):
-    """The registry holds exactly the config's observables; `block_spectra` asked for by name is
-    measured, stored and drawn in the report; the default list leaves it out."""
-    from adaptsym.config import DEFAULT_OBSERVABLES, OBSERVABLES, MeasureSpec
+    """The registry holds the config's observables; `block_spectra` asked for by name is measured,
+    stored and drawn in the report; the default list leaves it out."""
+    from adaptsym.config import MeasureSpec
     from adaptsym.measure import measure_run
-    from adaptsym.observables.registry import REGISTRY
+    from adaptsym.registry import observables
     from adaptsym.report.render import render_report
     from adaptsym.storage.store import RunStore
     from adaptsym.train import train
 
     from .test_train_checkpoint import tiny_config
 
-    assert tuple(REGISTRY) == ("weights", "gradients", "hessian_entries", "spectrum", "circuits", "block_spectra")
-    assert set(REGISTRY) == set(OBSERVABLES) and "block_spectra" not in MeasureSpec().observables
-    assert set(DEFAULT_OBSERVABLES) == set(MeasureSpec().observables)
+    reg = observables()
+    assert tuple(reg) == ("weights", "gradients", "hessian_entries", "spectrum", "circuits", "block_spectra")
+    assert "block_spectra" not in MeasureSpec().observables
+    assert MeasureSpec().observables == [n for n, o in reg.items() if o.default]
     cfg = tiny_config(epochs=1, checkpoints=(0, 1))
     cfg = cfg.model_copy(update={"measure": cfg.measure.model_copy(update={"observables": ["block_spectra"]})})
     res = train(cfg, "mlp", tmp_path, progress=False)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from jobs.cli import main
 from adaptsym.measure import measure_run
-from adaptsym.report.render import FIGURES, render_report
+from adaptsym.report.render import figures, render_report
 from adaptsym.train import train
 
 from .test_train_checkpoint import tiny_config
@@ -29,13 +29,16 @@ def measured(tmp_path_factory):
 def test_every_figure_renders_from_the_store(measured, tmp_path):
     rep = render_report(measured, out_dir=tmp_path / "r")
     assert rep.skipped == {}
-    assert set(rep.figures) == {name for name, _, _ in FIGURES}
+    drawn = figures()
+    assert set(rep.figures) == {f.name for f, _ in drawn} and len(drawn) == 10
     for path in rep.figures.values():
         with Image.open(path) as im:
             im.verify()
             assert im.format == "PNG"
     text = rep.html.read_text()
-    assert text.startswith("<!doctype html>") and text.count("data:image/png;base64,") == len(FIGURES)
+    assert text.startswith("<!doctype html>") and text.count("data:image/png;base64,") == len(drawn)
+    for f, where in drawn:  # each figure names the function that draws it, in the observable it belongs to
+        assert f"drawn by <code>{where}</code>" in text and where.startswith("adaptsym.")
     assert "hessian_entries.marginal.z_fraction" in text and "hessian_entries.active.z_forced_fraction" in text
     assert "given activity" in text and "forced by sparsity" in text
 
@@ -53,7 +56,7 @@ def test_missing_arrays_skip_only_their_figure(measured, tmp_path):
     assert set(rep.skipped) == {"fig8a_spectrum"}
     assert "spectrum/ritz_values" in rep.skipped["fig8a_spectrum"]
     assert any("fig8a_spectrum" in m and "spectrum/ritz_values" in m for m in messages)
-    assert len(rep.figures) == len(FIGURES) - 1
+    assert len(rep.figures) == len(figures()) - 1
     assert "skipped: missing spectrum/ritz_values" in rep.html.read_text()
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from .observation import Context, Observation
+from ..config import BlockSpectraSpec
+from ..registry import Figure, Observable
 from ..protocols import CurvatureOperator
 from .spectrum import default_sigma, hutchinson, slq, smoothed_density
 
@@ -109,3 +111,8 @@ def figure(r, fig) -> None:
     ax.set_ylabel("smoothed density")
     ax.set_title(f"diagonal blocks of H, epoch {eps[-1]}", fontsize=9)
     ax.legend(fontsize=7)
+
+
+# The registration (`adaptsym.registry`): name, measure function, settings section, report figures.
+OBSERVABLE = Observable("block_spectra", measure, settings=BlockSpectraSpec, figures=(Figure("block_spectra", figure, (8, 4.5)),),
+                        default=False, order=60)

@@ -27,6 +27,9 @@ import torch
 from ..nets.indexing import ParamIndex
 from ..nets.models import forward
 from .observation import Observation
+from ..config import CircuitSpec
+from ..registry import Figure, Observable
+from .plotting import Reader
 
 
 @dataclass
@@ -239,3 +242,30 @@ def measure(ctx):
     c = ctx.cfg.measure.circuits
     return measure_circuits(ctx.model.plan, ctx.model.params(), ctx.x, ctx.y, c.examples, c.paths, ctx.cfg.seed,
                             ctx.epoch)
+
+
+# ------------------------------------------------------------------ report figures
+
+
+def fig3b(r: Reader, fig):
+    axes = fig.subplots(2, 3, squeeze=False)
+    for row, mode in enumerate(("uniform", "active")):
+        for o, order in enumerate(("order0", "order1", "order2")):
+            ep, series = r.series("circuits", f"{mode}_{order}")
+            ax = axes[row][o]
+            pair = [(ep[0], series[0], "tab:blue"), (ep[-1], series[-1], "tab:red")]
+            nz_all = np.concatenate([np.abs(v[v != 0]) for _, v, _ in pair])
+            scale = 10 ** np.floor(np.log10(nz_all.min())) if nz_all.size else 1.0
+            for e, v, col in pair:
+                nz = v[v != 0]
+                ax.hist(np.sign(nz) * np.log10(1 + np.abs(nz) / scale), bins=60, density=nz.size > 0,
+                        histtype="step", color=col, label=f"epoch {e} ({nz.size}/{v.size} non-zero)")
+            ax.set_xlabel(f"sign(v) log10(1 + |v| / {scale:.0e})", fontsize=7)
+            ax.set_title(f"{mode}, {order}", fontsize=8)
+            ax.legend(fontsize=6)
+    fig.suptitle("Fig 3b: basis-circuit values, orders 0-2 (uniform and active-gate paths)")
+
+
+# The registration (`adaptsym.registry`): name, measure function, settings section, report figures.
+OBSERVABLE = Observable("circuits", measure, settings=CircuitSpec, figures=(Figure("fig3b_circuits", fig3b, (12, 6)),),
+                        default=True, order=50)

@@ -12,6 +12,8 @@ import numpy as np
 from ..stats.entry_stats import moments
 from ..stats.histograms import counts, symlog_edges
 from .observation import Context, Observation
+from ..registry import Figure, Observable
+from .plotting import Reader, ridgeline
 from ..protocols import CurvatureOperator
 
 GRAD_EDGES = symlog_edges(-12, 2, 128)
@@ -34,3 +36,38 @@ def measure_gradients(op: CurvatureOperator, lr: float) -> Observation:
 
 def measure(ctx: Context) -> Observation:
     return measure_gradients(ctx.op, ctx.cfg.train.lr)
+
+
+# ------------------------------------------------------------------ report figures
+
+
+def fig4a(r: Reader, fig):
+    eps, hists = r.series("gradients", "hist")
+    _, edges = r.series("gradients", "edges")
+    e = edges[0]
+    centers = np.sign(0.5 * (e[1:] + e[:-1])) * np.log10(np.abs(0.5 * (e[1:] + e[:-1])) / 1e-12 + 1)
+    L = hists[0].shape[0]
+    axes = fig.subplots(1, L, squeeze=False)[0]
+    for li, ax in enumerate(axes):
+        ridgeline(ax, centers, [h[li][1:-1].astype(float) for h in hists], eps, "symlog gradient")
+        ax.set_title(f"layer {li}", fontsize=8)
+    fig.suptitle("Fig 4a: gradient distributions per layer over epochs")
+
+
+def fig4b(r: Reader, fig):
+    ep, omega = r.training("omega")
+    _, loss = r.training("train_loss")
+    ax = fig.subplots()
+    ax.semilogy(ep, np.maximum(omega, 1e-30), "o-", label="Omega = lr ||grad R||^2")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Omega")
+    ax2 = ax.twinx()
+    ax2.plot(ep, loss, "s--", color="tab:red", label="train hinge loss")
+    ax2.set_ylabel("loss")
+    fig.legend(loc="upper right", fontsize=8)
+    fig.suptitle("Fig 4b: plasticity order parameter and loss")
+
+
+# The registration (`adaptsym.registry`): name, measure function, settings section, report figures.
+OBSERVABLE = Observable("gradients", measure, settings=None, figures=(Figure("fig4a_gradients", fig4a, (12, 3.5)), Figure("fig4b_plasticity", fig4b, (7, 4))),
+                        default=True, order=20)

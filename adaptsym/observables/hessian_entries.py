@@ -37,11 +37,18 @@ from ..curvature.hvp import active_examples
 from ..stats.mardia import mardia
 from ..stats.nonzero import READINGS, Detectability, detectability
 from .observation import Context, Observation
+from ..registry import Figure, Observable
+from .plotting import MissingData, Reader, band, colors, has, ridgeline
+from matplotlib.ticker import MaxNLocator
 from ..storage.store import chunk_faults
 from ..util import ceil_div
 from ..protocols import Executor
 
 MIN_VALID = 8  # entries that vary over the pool, below which statistics are skipped
+# Li's headline numbers (Figs 7b, 7c): at least 95% of entries with |z| < 0.15, and a relative
+# correlation coupling size of 3.39e-4 at the end of training (drawn in the figures, judged in
+# `report.verdict`)
+PAPER = {"z_fraction": 0.95, "corr_relative": 3.39e-4}
 NAME = "hessian_entries"
 
 
@@ -475,3 +482,135 @@ def measure(ctx: Context) -> Observation:
                      x=ctx.x.detach().cpu(), y=ctx.y.detach().cpu(),
                      active_rows=active_rows(ctx.model, ctx.x, ctx.y, ctx.cfg.measure.example_chunk))
     return measure_hessian_entries(ctx.store, work, ctx.executor, ctx.model.n_params, ctx.progress)
+
+
+# ------------------------------------------------------------------ report figures
+
+
+def fig6a(r: Reader, fig):
+    eps, reps = r.series("hessian_entries", "replicates")
+    _, idx = r.series("hessian_entries", "replicates_entry")
+    varying = np.array([[rep[:, j].std() > 0 for j in range(rep.shape[1])] for rep in reps]).sum(axis=0)
+    pick = np.argsort(-varying, kind="stable")[:3]
+    axes = fig.subplots(1, 3, squeeze=False)[0]
+    for ax, j in zip(axes, pick):
+        curves, centers = [], np.linspace(-6, 6, 80)
+        for rep in reps:
+            v = rep[:, j]
+            sd = v.std()
+            hist = np.histogram((v - v.mean()) / sd, bins=np.linspace(-6, 6, 81), density=True)[0] if sd > 0 \
+                else np.zeros(80)
+            curves.append(hist)
+        ridgeline(ax, centers, curves, eps, "(H_a(S) - mean) / std")
+        ax.set_title(f"entry {int(idx[0][j])}", fontsize=8)
+    fig.suptitle("Fig 6a: bootstrap densities of three Hessian entries over epochs")
+
+
+def fig6bc(r: Reader, fig):
+    eps, subs = r.series("hessian_entries", "corr_submatrix")
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, e, m, tag in zip(axes, [eps[0], eps[-1]], [subs[0], subs[-1]], ["6b", "6c"]):
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_title(f"Fig {tag}: epoch {e}", fontsize=9)
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    fig.suptitle("Correlation submatrices of Hessian entries (bootstrap)")
+
+
+def fig7ab(r: Reader, fig):
+    eps, zs = r.series("hessian_entries", "z")
+    _, valid = r.series("hessian_entries", "valid")
+    ax1, ax2 = fig.subplots(1, 2)
+    active_z = dict(zip(*r.series("hessian_entries", "active_z"))) if has(r, "active_z") else {}
+    active_valid = dict(zip(*r.series("hessian_entries", "active_valid"))) if has(r, "active_valid") else {}
+    for e, z, v, col in zip(eps, zs, valid, colors(len(eps))):
+        if v.any():
+            ax1.hist(z[v.astype(bool)], bins=60, range=(-3, 3), density=True, histtype="step", color=col,
+                     label=f"epoch {e}")
+        if e in active_z and active_valid[e].any():
+            ax1.hist(active_z[e][active_valid[e].astype(bool)], bins=60, range=(-3, 3), density=True,
+                     histtype="step", color=col, ls="--")
+    ax1.set_xlabel("z = mean / std at the minibatch size (solid: marginal; dashed: given activity)")
+    ax1.set_ylabel("density of entries")
+    ax1.legend(fontsize=6)
+    ax1.set_title("Fig 7a: normalised means", fontsize=9)
+    lines = [("marginal.z_fraction_exact", "o-", "marginal, at s (the paper's definition)"),
+             ("active.z_fraction_exact", "o--", "given activity, at s"),
+             ("marginal.z_fraction_per_example", "s-", "marginal, per example (z / sqrt(s))"),
+             ("active.z_fraction_per_example", "s--", "given activity, per example")]
+    drawn = 0
+    for key, style, label in lines:
+        try:
+            ep, f = r.scalar("hessian_entries", key)
+        except MissingData:
+            continue
+        line = ax2.plot(ep, f, style, ms=4, label=label)[0]
+        band(r, ax2, ep, key, f, color=line.get_color())
+        forced = key.replace("z_fraction_exact", "z_forced_fraction").replace("z_fraction_per", "z_forced_fraction_per")
+        try:
+            epf, ff = r.scalar("hessian_entries", forced)
+            ax2.plot(epf, ff, "x:", color=line.get_color(), ms=5, lw=0.8)
+        except MissingData:
+            pass
+        drawn += 1
+    if not drawn:  # a store from before the exact fraction
+        ep, frac = r.scalar("hessian_entries", "marginal.z_fraction")
+        ax2.plot(ep, frac, "o:", label="z at the minibatch size s, from the B replicates (SPEC)")
+        band(r, ax2, ep, "marginal.z_fraction", frac)
+    ax2.axhline(PAPER["z_fraction"], color="k", lw=0.8, ls=":", label=f"paper: >= {PAPER['z_fraction']}")
+    ax2.plot([], [], "kx:", lw=0.8, label="forced below the cut by sqrt(p / (1 - p)) (same colour)")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("epoch")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.set_ylabel("fraction of entries with |z| < cut")
+    ax2.legend(fontsize=6)
+    ax2.set_title("Fig 7b: fraction |z| < cut (band: 95% interval over resamples of the examples)", fontsize=9)
+
+
+def fig7c(r: Reader, fig):
+    ax = fig.subplots()
+    found = False
+    for name, label, reading, style in [(n, lab, rd, st) for n, lab in (("corr", "correlation"), ("coskew", "co-skewness"),
+                                                                       ("cokurt", "excess co-kurtosis"))
+                                         for rd, st in (("marginal", "o-"), ("active", "o--"))]:
+        name = f"{reading}.{name}"
+        label = f"{label}, {'marginal' if reading == 'marginal' else 'given activity'}"
+        try:
+            ep, ex = r.scalar("hessian_entries", f"{name}.exponent")
+            _, rel = r.scalar("hessian_entries", f"{name}.relative")
+        except MissingData:
+            continue
+        found = True
+        line = ax.plot(ep, ex, style, label=label)[0]
+        try:
+            ub_ep, ub = r.scalar("hessian_entries", f"{name}.exponent_is_upper_bound")
+            ub_pts = [(e, x) for e, x, u in zip(ep, ex, ub) if u > 0]
+            if ub_pts:
+                ax.plot(*zip(*ub_pts), "v", ms=10, mfc="white", color=line.get_color())
+        except MissingData:
+            pass
+        band(r, ax, ep, f"{name}.exponent", ex, color=line.get_color())
+        live = [(e, x, v) for e, x, v in zip(ep, ex, rel) if np.isfinite(x) and v > 0]
+        if live:
+            ax.annotate(f"{live[-1][2]:.2g}", live[-1][:2], fontsize=7, xytext=(4, 0), textcoords="offset points")
+        try:  # untestable: too few active examples for the non-zero test (sizes NaN, flag 1)
+            uep, flag = r.scalar("hessian_entries", f"{name}.untestable")
+            gone = [e for e, u in zip(uep, flag) if u > 0]
+        except MissingData:
+            gone = []
+        if gone:
+            ax.plot(gone, [0.02] * len(gone), "x", ms=8, color=line.get_color(), transform=ax.get_xaxis_transform())
+    if not found:
+        raise MissingData("scalars hessian_entries.{marginal,active}.{corr,coskew,cokurt}.exponent")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("exponent of N in the coupling set size")
+    ax.plot([], [], "v", ms=8, mfc="white", color="grey", label="nothing detected: upper bound")
+    ax.plot([], [], "x", ms=8, color="grey", label="untestable (too few active examples)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Fig 7c: coupling set sizes (label: relative size at the last\nepoch with a detection)", fontsize=9)
+
+
+# The registration (`adaptsym.registry`): name, measure function, settings section, report figures.
+OBSERVABLE = Observable("hessian_entries", measure, settings=HessianEntriesSpec, figures=(Figure("fig6a_entries", fig6a, (12, 4)), Figure("fig6bc_correlations", fig6bc, (10, 4.5)),
+                     Figure("fig7ab_normalised_means", fig7ab, (12, 4.5)), Figure("fig7c_coupling", fig7c, (9, 4.5))),
+                        default=True, order=30)

@@ -29,7 +29,7 @@ class Context:
     store: RunStore
     group: str  # the checkpoint's zarr group
     executor: Executor  # where the Hessian-entry block work runs
-    design: EntryDesign  # the sampled Hessian entries
+    design: EntryDesign | None  # the sampled Hessian entries (None when hessian_entries is not measured)
     op: CurvatureOperator  # the pool Hessian
     progress: bool = False
 

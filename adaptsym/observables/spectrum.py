@@ -24,6 +24,9 @@ from tqdm.auto import tqdm
 from ..progress import bar_off
 from ..protocols import CurvatureOperator
 from .observation import Observation
+from ..config import SpectrumSpec
+from ..registry import Figure, Observable
+from .plotting import MissingData, Reader, colors
 
 
 BLOCK_BYTES = 32 * 2**20  # basis rows are projected out in blocks of about this size
@@ -294,3 +297,31 @@ def measure(ctx):
     sp = ctx.cfg.measure.spectrum
     return measure_spectrum(ctx.op, sp.starts, sp.steps, sp.grid, sp.sigma_rel, ctx.cfg.seed, ctx.epoch, ctx.progress,
                             sp.basis_dtype, sp.basis_budget_mb, sp.spill_dir)
+
+
+# ------------------------------------------------------------------ report figures
+
+
+def fig8a(r: Reader, fig):
+    eps, nodes = r.series("spectrum", "ritz_values")
+    _, wts = r.series("spectrum", "ritz_weights")
+    live = [(e, n, w) for e, n, w in zip(eps, nodes, wts) if np.abs(n[w > 0]).max() > 0]
+    if not live:
+        raise MissingData("spectrum/ritz_values with a non-zero eigenvalue (H = 0 at every checkpoint)")
+    scale = 1e-3 * max(np.abs(n[w > 0]).max() for _, n, w in live)  # one scale for all epochs
+    edge = max(np.abs(symlog(n[w > 0], scale)).max() for _, n, w in live) * 1.05
+    u = np.linspace(-edge, edge, 600)
+    ax = fig.subplots()
+    for (e, n, w), col in zip(live, colors(len(live))):
+        d = smoothed_density(symlog(n, scale), w, u, 0.01 * 2 * edge)
+        ax.semilogy(u, np.maximum(d, 1e-6), color=col, label=f"epoch {e}")
+    dead = sorted(set(eps) - {e for e, _, _ in live})
+    ax.set_xlabel(f"sign(l) log10(1 + |l| / {scale:.2g})")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=6, title=f"H = 0 at epochs {dead}" if dead else None, title_fontsize=6)
+    fig.suptitle("Fig 8a: Hessian eigenvalue density (stochastic Lanczos quadrature)")
+
+
+# The registration (`adaptsym.registry`): name, measure function, settings section, report figures.
+OBSERVABLE = Observable("spectrum", measure, settings=SpectrumSpec, figures=(Figure("fig8a_spectrum", fig8a, (8, 4.5)),),
+                        default=True, order=40)

@@ -12,6 +12,8 @@ import numpy as np
 from ..stats.entry_stats import moments
 from ..stats.histograms import counts
 from .observation import Context, Observation
+from ..registry import Figure, Observable
+from .plotting import Reader, ridgeline
 
 
 def weight_edges(shape, bins: int) -> np.ndarray:
@@ -37,3 +39,24 @@ def measure_weights(weights, bins: int) -> Observation:
 
 def measure(ctx: Context) -> Observation:
     return measure_weights(ctx.model.params(), ctx.cfg.measure.histogram_bins)
+
+
+# ------------------------------------------------------------------ report figures
+
+
+def fig3a(r: Reader, fig):
+    eps, hists = r.series("weights", "hist")
+    _, edges = r.series("weights", "edges")
+    L = hists[0].shape[0]
+    axes = fig.subplots(1, L, squeeze=False)[0]
+    for li, ax in enumerate(axes):
+        e = edges[0][li]
+        centers = 0.5 * (e[1:] + e[:-1])
+        ridgeline(ax, centers, [h[li][1:-1].astype(float) for h in hists], eps, "weight")
+        ax.set_title(f"layer {li}", fontsize=8)
+    fig.suptitle("Fig 3a: weight distributions per layer over epochs (bottom = first)")
+
+
+# The registration (`adaptsym.registry`): name, measure function, settings section, report figures.
+OBSERVABLE = Observable("weights", measure, settings=None, figures=(Figure("fig3a_weights", fig3a, (12, 3.5)),),
+                        default=True, order=10)

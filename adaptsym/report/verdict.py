@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..config import nest_legacy_keys
+from ..observables.hessian_entries import PAPER
+from ..observables.plotting import legacy_key
 
-PAPER = {"z_fraction": 0.95, "corr_relative": 3.39e-4}
 PAPER_REGIME = "vgg12 at full width (N = 9,664,704) on binarised CIFAR-10"
 READING_LABEL = {"marginal": "marginal", "active": "given activity"}
 FORCED = "forced by sparsity"
@@ -70,19 +71,6 @@ def regime_of(config: dict, model_name: str, epoch: int, scalars: dict) -> tuple
             + (f", N = {int(n):,}" if n is not None and np.isfinite(n) else "") + f", {data}, epoch {epoch}"
             + (f", {int(active)} of {int(pool)} pool examples active" if pool is not None and active is not None else ""))
     return desc, kind == "vgg12" and width == 1.0 and data == "cifar10-binary"
-
-
-# marginal scalars under their names before the two readings (stores written before 2026-11-30)
-LEGACY = {"z_fraction_exact_ci_low": "z_fraction_ci_low", "z_fraction_exact_ci_high": "z_fraction_ci_high",
-          "z_fraction_exact_std": "z_fraction_std"}
-
-
-def legacy_key(key: str) -> str | None:
-    """The name a `marginal.` scalar (without the observable's prefix) had before the two readings."""
-    if not key.startswith("marginal."):
-        return None
-    rest = key[len("marginal."):]
-    return LEGACY.get(rest, rest)
 
 
 def scalar(scalars: dict, reading: str, key: str) -> float:
