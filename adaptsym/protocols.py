@@ -24,13 +24,18 @@ R = TypeVar("R", covariant=True)  # the result type of a task
 
 @runtime_checkable
 class CurvatureOperator(Protocol):
-    """H = (1/n) sum_k Hessian of the loss of pool example k, by products only."""
+    """H = (1/n) sum_k Hessian of the loss of pool example k, by products only
+    (`curvature.operator.HessianOperator` implements it from one product hook)."""
 
     weights: tuple[torch.Tensor, ...]  # the point H is taken at (shapes, dtype, device)
     n: int  # pool examples
 
     @property
     def n_params(self) -> int: ...
+
+    def matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """H M for a flat (n_params, m) matrix."""
+        ...
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector of length n_params."""

@@ -80,7 +80,7 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
     from adaptsym.curvature.identities import replicates_direct
     from adaptsym.stats.bootstrap import multinomial_counts, replicates
     from adaptsym.curvature.entries import block_design
-    from adaptsym.curvature.hvp import PoolHessian, one_hot_tangents
+    from adaptsym.curvature.hvp import PoolHessian
     from adaptsym.curvature.per_example import design_entries
     from adaptsym.observables.spectrum import lanczos
 
@@ -88,19 +88,16 @@ def bench_model(model, x, y, n_cols: int, n_rows: int, example_chunk: int, colum
     op = PoolHessian(model.plan, model.params(), x, y, method="fwd-rev")
     gop = PoolHessian(model.plan, model.params(), x, y)  # the default: stored graphs while they fit
     dbl = PoolHessian(model.plan, model.params(), x, y, method="double-backward")
-    v = tuple(torch.randn_like(w) for w in model.params())
     design = block_design(model.index, n_rows, n_cols, rng)
-    cols = one_hot_tangents(model.index, design.cols, model.params())
-    singles = [tuple(t[j] for t in cols) for j in range(n_cols)]
     flat = torch.randn(model.n_params, dtype=x.dtype, device=x.device)
     t = side_by_side({
         "matvec": lambda: gop.matvec(flat),
         "lanczos_step": lambda: lanczos(gop.matvec, flat, steps, basis_dtype=torch.float32),
         "grad": lambda: op.gradient(),
-        "hvp": lambda: op.hvp(v),
-        "hvp_default": lambda: gop.hvp(v),
-        "hvp_double_backward": lambda: dbl.hvp(v),
-        "J_hvps": lambda: [op.hvp(c) for c in singles],
+        "hvp": lambda: op.matvec(flat),
+        "hvp_default": lambda: gop.matvec(flat),
+        "hvp_double_backward": lambda: dbl.matvec(flat),
+        "J_hvps": lambda: op.columns(design.cols, per_pass=1),  # J products of one vector each
         "per_example": lambda: design_entries(model.plan, model.params(), x, y, design, example_chunk, column_chunk),
     }, repeats)
     per_ex = t["per_example"] / t["J_hvps"]

@@ -79,10 +79,10 @@ class MeasureActor:
             self.shard_key = key
         return self.op
 
-    def matvec_sum(self, key, payload_ref, v: np.ndarray) -> np.ndarray:
-        """sum_k H_k v over this actor's shard (not divided by n)."""
+    def matmat_sum(self, key, payload_ref, M: np.ndarray) -> np.ndarray:
+        """sum_k H_k M over this actor's shard (not divided by n), M a flat (N, m) batch."""
         op = self._shard(key, payload_ref)
-        return (op.matvec(torch.as_tensor(v, device=self.device)) * op.n).cpu().numpy()
+        return (op.matmat(torch.as_tensor(M, device=self.device)) * op.n).cpu().numpy()
 
     def gradient_sum(self, key, payload_ref) -> list:
         op = self._shard(key, payload_ref)

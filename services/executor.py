@@ -22,6 +22,7 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
+from adaptsym.curvature.operator import HessianOperator
 from adaptsym.errors import TileError
 from adaptsym.progress import bar_off
 from adaptsym.protocols import R, Task
@@ -124,18 +125,18 @@ class RayExecutor:
         self.actors = []
 
 
-class ShardedHessian:
-    """Pool HVPs and gradients summed over shards held by the actors (the driver reduces).
+class ShardedHessian(HessianOperator):
+    """Pool products and gradients summed over shards held by the actors (the driver reduces).
 
-    Has what `adaptsym.observables.spectrum` and `adaptsym.observables.gradients` use of `PoolHessian`: `matvec`,
-    `gradient`, `n_params`, `n`, `weights` (the driver's copy, for shapes, dtype and device)."""
+    A `HessianOperator` like `PoolHessian`: its `_matmat` hook sends a batch of vectors to every
+    actor, which multiplies it by the Hessian of its shard, and sums; `matvec` and the other
+    products derive from it. `weights` is the driver's copy (shapes, dtype, device)."""
 
     def __init__(self, actors, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,
                  graph_budget_mb: float | None = None):
         self.actors = actors
         self.weights = tuple(w.detach() for w in model.params())
         self.n = len(x)
-        self.n_params = model.n_params
         self.key = uuid.uuid4().hex
         shards = np.array_split(np.arange(self.n), len(actors))
         base = {"model_spec": ckpt["model_spec"], "input_shape": ckpt["input_shape"],
@@ -144,10 +145,16 @@ class ShardedHessian:
         xc, yc = x.detach().cpu(), y.detach().cpu()
         self.refs = [ray.put({**base, "x": xc[idx], "y": yc[idx]}) for idx in shards]
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        vn = v.detach().cpu().numpy()
-        parts = ray.get([a.matvec_sum.remote(self.key, [r], vn) for a, r in zip(self.actors, self.refs)])
-        return torch.as_tensor(np.sum(parts, axis=0) / self.n, dtype=v.dtype, device=v.device)
+    def _matmat(self, vs: tuple) -> tuple:
+        m = vs[0].shape[0]
+        M = torch.cat([t.reshape(m, -1) for t in vs], dim=1).T.detach().cpu().numpy()  # (N, m)
+        parts = ray.get([a.matmat_sum.remote(self.key, [r], M) for a, r in zip(self.actors, self.refs)])
+        HM = torch.as_tensor(np.sum(parts, axis=0) / self.n, dtype=vs[0].dtype, device=vs[0].device)
+        out, i = [], 0
+        for w in self.weights:
+            out.append(HM[i : i + w.numel()].T.reshape((m,) + tuple(w.shape)))
+            i += w.numel()
+        return tuple(out)
 
     def gradient(self) -> tuple:
         parts = ray.get([a.gradient_sum.remote(self.key, [r]) for a, r in zip(self.actors, self.refs)])

@@ -23,13 +23,18 @@ def per_example_brute(model, x, y, loss=hinge):
 
 def test_pool_hvp_chunking_and_methods_agree(small):
     model, x, y = small
-    v = tuple(torch.randn_like(w) for w in model.params())
-    a = PoolHessian(model.plan, model.params(), x, y).hvp(v)
-    b = PoolHessian(model.plan, model.params(), x, y, chunk=2).hvp(v)
-    c = PoolHessian(model.plan, model.params(), x, y, chunk=3, method="double-backward").hvp(v)
-    for ta, tb, tc in zip(a, b, c):
-        assert torch.allclose(ta, tb, rtol=1e-10, atol=1e-13)
-        assert torch.allclose(ta, tc, rtol=1e-10, atol=1e-13)
+    v = torch.randn(model.n_params, dtype=x.dtype)
+    a = PoolHessian(model.plan, model.params(), x, y).matvec(v)
+    b = PoolHessian(model.plan, model.params(), x, y, chunk=2).matvec(v)
+    c = PoolHessian(model.plan, model.params(), x, y, chunk=3, method="double-backward").matvec(v)
+    assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(a, c, rtol=1e-10, atol=1e-13)
+    # the one hook: a batch of vectors equals the products one by one, for every strategy
+    M = torch.randn(model.n_params, 3, dtype=x.dtype)
+    for method in ("auto", "fwd-rev", "double-backward"):
+        op = PoolHessian(model.plan, model.params(), x, y, chunk=3, method=method)
+        torch.testing.assert_close(op.matmat(M), torch.stack([op.matvec(M[:, j]) for j in range(3)], dim=1),
+                                   rtol=1e-10, atol=1e-13)
 
 
 def test_per_example_entries_equal_brute_force(small):
@@ -101,11 +106,10 @@ def test_inactive_examples_are_dropped_exactly_and_an_empty_pool_is_flat(small):
     x2[::2] *= 10.0 / out[::2].abs().clamp(min=1e-3).view(-1, *([1] * (x.dim() - 1)))  # ... |T| = 10 (homogeneous)
     op = PoolHessian(model.plan, model.params(), x2, y2, method="fwd-rev")
     assert op.n_active == len(x) - len(x[::2])
-    v = tuple(torch.randn_like(w) for w in model.params())
+    v = torch.randn(model.n_params, dtype=x.dtype)
     keep = active_examples(model.plan, model.params(), x2, y2, 4)
-    full = PoolHessian(model.plan, model.params(), x2[keep], y2[keep], method="fwd-rev").hvp(v)
-    for a, b in zip(op.hvp(v), full):
-        torch.testing.assert_close(a * len(x), b * len(keep))
+    full = PoolHessian(model.plan, model.params(), x2[keep], y2[keep], method="fwd-rev").matvec(v)
+    torch.testing.assert_close(op.matvec(v) * len(x), full * len(keep))
     empty = PoolHessian(model.plan, model.params(), x[:0], y[:0])
     assert empty.n_active == 0 and all(float(g.abs().max()) == 0 for g in empty.gradient())
 
@@ -137,12 +141,11 @@ def test_loss_is_an_argument_of_the_operators(small, name):
     np.testing.assert_allclose(dense, hb.mean(0), rtol=1e-8, atol=1e-12)
     hinge_dense = PoolHessian(model.plan, model.params(), x, y).dense().numpy()
     assert np.abs(dense - hinge_dense).max() > 1e-3  # the loss really changed
-    v = tuple(torch.randn_like(w) for w in model.params())
-    ref = PoolHessian(model.plan, model.params(), x, y, loss=loss, method="fwd-rev").hvp(v)
+    v = torch.randn(model.n_params, dtype=x.dtype)
+    ref = PoolHessian(model.plan, model.params(), x, y, loss=loss, method="fwd-rev").matvec(v)
     for method in ("graph", "double-backward"):
-        got = PoolHessian(model.plan, model.params(), x, y, chunk=3, loss=loss, method=method).hvp(v)
-        for a, b in zip(ref, got):
-            assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+        got = PoolHessian(model.plan, model.params(), x, y, chunk=3, loss=loss, method=method).matvec(v)
+        assert torch.allclose(ref, got, rtol=1e-10, atol=1e-13)
     N = model.n_params
     rng = np.random.default_rng(1)
     rows, cols = rng.choice(N, 10, replace=False), rng.choice(N, 6, replace=False)

@@ -16,8 +16,9 @@ and zero Hessian, exactly, so dropping them changes nothing but the cost. Method
 - `auto` (default): `graph` while the graphs' saved tensors fit `graph_budget_bytes`, else
   `fwd-rev` (the graphs are dropped as soon as the budget is exceeded).
 
-Vectors are tuples of tensors shaped like the weights; `matvec` takes flat vectors and
-`columns` returns H[:, J] for global indices J (several columns per pass via `vmap`).
+The one product hook is `_matmat` (a batch of vectors, each a tuple of tensors shaped like the
+weights); `matvec`, `matmat` (flat vectors), `columns` (H[:, J] for global indices J, several per
+pass) and `dense` derive from it (`operator.HessianOperator`).
 The same code runs on CPU and CUDA: everything follows the weights' device and dtype.
 """
 
@@ -25,13 +26,13 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.func import grad, jvp, vmap
 
 from ..nets.indexing import ParamIndex
 from ..nets.losses import HINGE, Loss
-from ..nets.models import flatten_params, forward, unflatten_params
+from ..nets.models import forward
+from .operator import HessianOperator
 
 Vec = tuple[torch.Tensor, ...]
 
@@ -41,20 +42,6 @@ def _sum_loss(plan, loss: Loss):
         return loss(forward(plan, weights, x), y).sum()
 
     return f
-
-
-def one_hot_tangents(index: ParamIndex, cols: Sequence[int], like: Sequence[torch.Tensor]) -> Vec:
-    """Batched tangents e_q for global indices `cols`: per layer a (len(cols), *shape) tensor."""
-    cols = np.asarray(cols, dtype=np.int64)
-    layer, flat = index.to_local(cols)
-    out = []
-    for li, w in enumerate(like):
-        t = torch.zeros((len(cols), w.numel()), dtype=w.dtype, device=w.device)
-        sel = np.nonzero(layer == li)[0]
-        if sel.size:
-            t[torch.as_tensor(sel, device=w.device), torch.as_tensor(flat[sel], device=w.device)] = 1.0
-        out.append(t.reshape((len(cols),) + tuple(w.shape)))
-    return tuple(out)
 
 
 METHODS = ("auto", "graph", "fwd-rev", "double-backward")
@@ -101,8 +88,12 @@ class SavedBytes:
         return self._hooks.__exit__(*exc)
 
 
-class PoolHessian:
-    """Gradient and Hessian-vector products of the mean risk over a pool (`loss`: hinge by default)."""
+class PoolHessian(HessianOperator):
+    """Gradient and Hessian products of the mean risk over a pool (`loss`: hinge by default).
+
+    The one product hook is `_matmat` (`operator.HessianOperator`): the strategy (`method`) is
+    fixed once, at the first product, and a batch of one vector takes the unbatched path of that
+    strategy, several vectors its batched one."""
 
     def __init__(self, plan, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                  chunk: int | None = None, method: str = "auto", graph_budget_bytes: float | None = None,
@@ -122,13 +113,10 @@ class PoolHessian:
         self._graphs: list | None = None
         self.graph_bytes = 0
         self.index = ParamIndex.from_weights(self.weights)
-        self.shapes = [tuple(w.shape) for w in self.weights]
         self._loss = _sum_loss(plan, loss)
         self._grad = grad(self._loss)
-
-    @property
-    def n_params(self) -> int:
-        return self.index.n_params
+        self._single: Callable | None = None  # the strategy's product with one vector, fixed at the first product
+        self._batched: Callable | None = None  # and with a batch of vectors
 
     def _chunks(self):
         for i in range(0, self.n_active, self.chunk):
@@ -144,12 +132,23 @@ class PoolHessian:
 
     @property
     def uses_graph(self) -> bool:
-        """Whether products go through stored first-order graphs (builds them on first use)."""
-        if self.method not in ("auto", "graph"):
-            return False
-        if self._graphs is None:
-            self._build_graphs()
+        """Whether products go through stored first-order graphs (fixes the strategy on first use)."""
+        self._choose()
         return self._graphs is not None
+
+    def _choose(self) -> None:
+        """Fix the product strategy: stored graphs (`graph`, or `auto` while they fit the budget),
+        else forward-over-reverse, or double-backward for one vector when asked for."""
+        if self._single is not None:
+            return
+        if self.method in ("auto", "graph"):
+            self._build_graphs()  # under `auto`, falls back to fwd-rev above the budget
+        if self._graphs is not None:
+            self._single = lambda v: self._through_graphs(v, batched=False)
+            self._batched = lambda vs: self._through_graphs(vs, batched=True)
+        else:
+            self._single = self._double_backward if self.method == "double-backward" else self._fwd_rev
+            self._batched = self._vmap_fwd_rev
 
     def _build_graphs(self) -> None:
         """First-order graphs of every chunk, counting their saved tensors' bytes; under `auto`
@@ -165,7 +164,7 @@ class PoolHessian:
                 return
         self._graphs, self.graph_bytes = graphs, counter.total
 
-    def _graph_hvp(self, vs: Vec, batched: bool) -> Vec:
+    def _through_graphs(self, vs: Vec, batched: bool) -> Vec:
         return self._accumulate(None, (
             torch.autograd.grad(g, w, grad_outputs=vs, retain_graph=True, allow_unused=True,
                                 materialize_grads=True, is_grads_batched=batched)
@@ -174,47 +173,30 @@ class PoolHessian:
     def gradient(self) -> Vec:
         return self._accumulate(lambda xb, yb: self._grad(self.weights, xb, yb))
 
-    def hvp(self, v: Vec) -> Vec:
-        v = tuple(t.to(dtype=w.dtype) for t, w in zip(v, self.weights))
-        if self.uses_graph:
-            return self._graph_hvp(v, batched=False)
-        if self.method in ("fwd-rev", "auto"):
-            def fn(xb, yb):
-                return jvp(lambda w: self._grad(w, xb, yb), (self.weights,), (v,))[1]
-        else:
-            def fn(xb, yb):
-                w = tuple(t.detach().requires_grad_(True) for t in self.weights)
-                g = torch.autograd.grad(self._loss(w, xb, yb), w, create_graph=True)
-                dot = sum((gi * vi).sum() for gi, vi in zip(g, v))
-                return tuple(t.detach() for t in torch.autograd.grad(dot, w))
+    def _matmat(self, vs: Vec) -> Vec:
+        """H V for a batch of m vectors (one tensor per weight tensor, leading dimension m)."""
+        self._choose()
+        vs = tuple(t.to(dtype=w.dtype) for t, w in zip(vs, self.weights))
+        if vs[0].shape[0] == 1:
+            return tuple(t[None] for t in self._single(tuple(t[0] for t in vs)))
+        return self._batched(vs)
+
+    # ------------------------------------------------------------------ the strategies
+    def _fwd_rev(self, v: Vec) -> Vec:
+        return self._accumulate(lambda xb, yb: jvp(lambda w: self._grad(w, xb, yb), (self.weights,), (v,))[1])
+
+    def _double_backward(self, v: Vec) -> Vec:
+        def fn(xb, yb):
+            w = tuple(t.detach().requires_grad_(True) for t in self.weights)
+            g = torch.autograd.grad(self._loss(w, xb, yb), w, create_graph=True)
+            dot = sum((gi * vi).sum() for gi, vi in zip(g, v))
+            return tuple(t.detach() for t in torch.autograd.grad(dot, w))
+
         return self._accumulate(fn)
 
-    def hvp_batch(self, vs: Vec) -> Vec:
-        """H v for a batch of vectors (leading dimension m on every tensor): through the stored
-        graphs with a batched backward, or fwd-rev via vmap."""
-        if self.uses_graph:
-            return self._graph_hvp(tuple(t.to(dtype=w.dtype) for t, w in zip(vs, self.weights)), batched=True)
-
+    def _vmap_fwd_rev(self, vs: Vec) -> Vec:
         def fn(xb, yb):
-            one = lambda v: jvp(lambda w: self._grad(w, xb, yb), (self.weights,), (v,))[1]
+            one = lambda v: jvp(lambda w: self._grad(w, xb, yb), (self.weights,), (v,))[1]  # noqa: E731
             return vmap(one)(vs)
 
         return self._accumulate(fn)
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for a flat vector v of length N."""
-        return flatten_params(self.hvp(unflatten_params(v.to(self.weights[0]), self.shapes)))
-
-    def columns(self, cols: Sequence[int], per_pass: int = 8) -> torch.Tensor:
-        """Dense H[:, cols] as an (N, len(cols)) tensor."""
-        cols = np.asarray(cols, dtype=np.int64)
-        out = []
-        for i in range(0, len(cols), per_pass):
-            t = one_hot_tangents(self.index, cols[i : i + per_pass], self.weights)
-            hv = self.hvp_batch(t)
-            out.append(torch.cat([h.reshape(h.shape[0], -1) for h in hv], dim=1).T)
-        return torch.cat(out, dim=1)
-
-    def dense(self) -> torch.Tensor:
-        """The whole N x N Hessian (small models only)."""
-        return self.columns(np.arange(self.n_params))

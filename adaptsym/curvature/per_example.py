@@ -21,7 +21,8 @@ import torch
 from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from .hvp import active_examples, one_hot_tangents
+from .hvp import active_examples
+from .operator import one_hot_tangents
 from ..nets.indexing import ParamIndex
 from ..nets.losses import HINGE, Loss
 from ..nets.models import RowSelection, forward
