@@ -13,6 +13,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
 __version__ = "0.1.0"
@@ -57,12 +58,34 @@ MOVED = {
     "executor": "observables.executor",
     "verdict": "report.verdict",
     "binary_net": "effective.binary_net",
-    "ensemble": "effective.ensemble",
+    # the old module held config, data and the store: its names now live in three modules
+    "ensemble": ("effective.config", "effective.data", "effective.collection"),
     "gibbs": "effective.gibbs",
     "effective_model": "effective.model",
     "effective_analysis": "effective.analysis",
     "effective_report": "effective.report",
+    "plan": "planning.cost",  # the cost model; its throughput sampler is jobs.plan_sampler
 }
+
+
+def _where(old: str) -> str:
+    new = MOVED[old]
+    return " and ".join(f"adaptsym.{n}" for n in ((new,) if isinstance(new, str) else new))
+
+
+def _load(old: str) -> types.ModuleType:
+    """The module `old` became; for a module split in several, one module holding all their names."""
+    new = MOVED[old]
+    if isinstance(new, str):
+        return importlib.import_module(f"adaptsym.{new}")
+    merged = types.ModuleType(f"adaptsym.{old}", f"Old path of {_where(old)}.")
+    for part in new:
+        mod = importlib.import_module(f"adaptsym.{part}")
+        merged.__dict__.update({k: v for k, v in vars(mod).items() if not k.startswith("__")})
+    return merged
+
+
+_OWN_SPECS: dict = {}  # old name -> the spec of the module it became, while importlib loads it
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -74,12 +97,19 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         old = spec.name.partition("adaptsym.")[2]
-        warnings.warn(f"adaptsym.{old} moved to adaptsym.{MOVED[old]}; import it from there",
+        warnings.warn(f"adaptsym.{old} moved to {_where(old)}; import it from there",
                       DeprecationWarning, stacklevel=3)
-        return importlib.import_module(f"adaptsym.{MOVED[old]}")
+        module = _load(old)
+        if isinstance(MOVED[old], str):
+            _OWN_SPECS[spec.name] = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass  # the module it became is already executed
+        # the module it became is already executed; importlib has just set its __spec__ to the old
+        # name's: give it back its own
+        own = _OWN_SPECS.pop(module.__spec__.name, None)
+        if own is not None:
+            module.__spec__ = own
 
 
 if not any(isinstance(f, _OldPaths) for f in sys.meta_path):

@@ -23,7 +23,9 @@ class ConfigError(UserFacingError, ValueError):
     """A configuration file that cannot be used; the message says what to change."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Unknown keys are an error, and so is assigning a value that does not validate."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -34,7 +36,7 @@ VGG12_CONV: list = [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 51
 VGG12_HIDDEN: list = [512]
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """A bias-free ReLU network. `mlp`: hidden widths; `cnn`: 3x3 convs ('M' = 2x2 max-pool)
     then hidden linear widths; `vgg12`: the paper's VGG (conv/hidden are fixed)."""
 
@@ -62,7 +64,7 @@ class ModelSpec(_Strict):
         return [max(1, round(h * self.width_multiplier)) for h in hidden]
 
 
-class TeacherSpec(_Strict):
+class TeacherSpec(StrictModel):
     """Synthetic data: Gaussian inputs labelled by a random bias-free teacher MLP (thresholded at its median)."""
 
     n_samples: int = Field(default=2048, gt=1)
@@ -71,7 +73,7 @@ class TeacherSpec(_Strict):
     seed: int = 1234
 
 
-class PatchSpec(_Strict):
+class PatchSpec(StrictModel):
     """`photo-patches`: square crops of scikit-learn's two sample photographs, resized to 32x32."""
 
     n_samples: int = Field(default=4096, gt=1)  # patches in all (half from each photograph)
@@ -87,7 +89,7 @@ class PatchSpec(_Strict):
         return self
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     name: Literal["digits-binary", "cifar10-binary", "teacher", "photo-patches"] = "digits-binary"
     # cifar10-binary: directory that holds `cifar-10-batches-py/` (or that folder itself).
     root: str | None = None
@@ -103,7 +105,7 @@ class DataSpec(_Strict):
     patches: PatchSpec = Field(default_factory=PatchSpec)
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     epochs: int = Field(default=10, ge=0)
     batch_size: int = Field(default=64, gt=0)
     lr: float = Field(default=0.01, gt=0)
@@ -121,7 +123,7 @@ class TrainSpec(_Strict):
         return self
 
 
-class DesignSpec(_Strict):
+class DesignSpec(StrictModel):
     """Which Hessian entries to sample (SPEC section 4)."""
 
     kind: Literal["block", "pairs"] = "block"
@@ -132,7 +134,7 @@ class DesignSpec(_Strict):
     stratify: bool = True
 
 
-class SpectrumSpec(_Strict):
+class SpectrumSpec(StrictModel):
     """Stochastic Lanczos quadrature of the pool Hessian (Fig 8a)."""
 
     starts: int = Field(default=4, gt=0)  # Rademacher start vectors
@@ -146,14 +148,14 @@ class SpectrumSpec(_Strict):
     spill_dir: str | None = None
 
 
-class CircuitSpec(_Strict):
+class CircuitSpec(StrictModel):
     """Basis-circuit samples (Fig 3b)."""
 
     examples: int = Field(default=16, gt=0)  # pool examples to sample paths on
     paths: int = Field(default=256, gt=0)  # paths per example and mode
 
 
-class BlockSpectraSpec(_Strict):
+class BlockSpectraSpec(StrictModel):
     """Spectra and traces of diagonal blocks of the pool Hessian (`block_spectra`, opt-in)."""
 
     starts: int = Field(default=2, gt=0)  # Rademacher starts per block
@@ -165,7 +167,7 @@ class BlockSpectraSpec(_Strict):
     pairs: list[tuple[int, int]] = Field(default_factory=list)
 
 
-class HessianEntriesSpec(_Strict):
+class HessianEntriesSpec(StrictModel):
     """Sampled Hessian entries and their bootstrap statistics (SPEC section 4; `hessian_entries`)."""
 
     minibatch: int | None = Field(default=None, gt=0)  # s; null = training batch size
@@ -230,7 +232,7 @@ def merge_sections(base: dict, update: dict) -> dict:
     return out
 
 
-class MeasureSpec(_Strict):
+class MeasureSpec(StrictModel):
     """Measurement of the observables at each checkpoint (SPEC sections 3 and 4): the settings shared
     by the observables, then one section per registered observable that has settings
     (`adaptsym.registry`: `hessian_entries`, `spectrum`, `circuits`, `block_spectra`, and any other
@@ -305,7 +307,7 @@ def current_layout(measure: Any) -> Any:
         return measure
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     name: str = Field(default="run", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -18,3 +18,14 @@ def torch_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"dtype {name!r}: use one of {', '.join(DTYPES)}") from None
+
+
+def save_figure(fig, path, title: str | None = None, dpi: int = 110):
+    """Title a matplotlib figure (optional), write it to `path`, close it; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    if title is not None:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

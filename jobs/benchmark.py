@@ -192,7 +192,8 @@ def bench_ensemble(config: Path, tasks: int) -> dict:
     from services.cluster import connect, shutdown  # first: it sets RAY_AUTH_MODE=token before Ray loads
 
     import ray
-    from adaptsym.effective.ensemble import load_effective_config, scenario_data
+    from adaptsym.effective.config import load_effective_config
+    from adaptsym.effective.data import scenario_data
     from services.ensemble import RayTaskRunner
 
     cfg = load_effective_config(config)

@@ -187,6 +187,8 @@ def figure(path: Path, rows: list[dict]) -> None:
     activity (each point the mean over masks and scales)."""
     import matplotlib
 
+    from adaptsym.util import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -216,9 +218,8 @@ def figure(path: Path, rows: list[dict]) -> None:
     handles += [plt.Line2D([], [], color="k", ls="-", label="marginal"),
                 plt.Line2D([], [], color="k", ls="--", label="given activity")]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, title="law / reading")
-    fig.suptitle("Calibration of the non-zero tests (mean over shared/entry masks and with/without per-example scales)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, "Calibration of the non-zero tests (mean over shared/entry masks and with/without "
+                "per-example scales)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ def cmd_measure(args) -> int:
 def _check_memory(run_dir: Path, cfg, args) -> None:
     """Refuse before any work a measurement whose arrays alone exceed the available memory."""
     from adaptsym.config import parse_config
-    from adaptsym.plan import check_memory_floor
+    from adaptsym.planning.cost import check_memory_floor
     from adaptsym.storage.store import RunStore
 
     path = run_dir / "results.zarr"
@@ -175,8 +175,8 @@ def cmd_plan(args) -> int:
 
     import torch
 
-    from adaptsym.plan import (PlanError, check_fits, format_plan, measure_throughput, parse_devices, plan_json,
-                               predict, run_active_fractions)
+    from adaptsym.planning.cost import PlanError, check_fits, format_plan, parse_devices, plan_json, predict
+    from jobs.plan_sampler import measure_throughput, run_active_fractions
 
     cfg = load_config(args.config)
     kind, count = parse_devices(args.devices or f"cpu:{os.cpu_count() or 1}")

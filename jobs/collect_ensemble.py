@@ -5,7 +5,7 @@
 
 For each scenario, actors train tasks of `collect.batch` networks (`adaptsym.effective.binary_net`); the
 driver commits every network whose best sampled binary configuration reaches the scenario's
-test-accuracy threshold to `<out>/<name>/results.zarr` (`adaptsym.effective.ensemble`), in task order,
+test-accuracy threshold to `<out>/<name>/results.zarr` (`adaptsym.effective.collection`), in task order,
 until `configurations` are stored. A killed job continues where it stopped and stores the same
 bits it would have stored without the kill. `--local` trains in this process instead of on Ray.
 Logs one MLflow run with a nested run per scenario (counts and throughput) and prints JSON.
@@ -23,8 +23,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from adaptsym.effective.ensemble import (EffectiveConfig, EnsembleWriter, collect, load_with_scenarios,
-                               local_results, scenario_data)
+from adaptsym.effective.collection import EnsembleWriter, collect, local_results
+from adaptsym.effective.config import EffectiveConfig, load_with_scenarios
+from adaptsym.effective.data import scenario_data
 from adaptsym.errors import UserFacingError
 from adaptsym.storage.provenance import provenance
 from adaptsym.storage.runlock import run_lock

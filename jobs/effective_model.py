@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from adaptsym.effective.analysis import (ENERGY_CLASSES, fit_part, group, landscape_part, parts, pick_references)
 from adaptsym.effective.model import energies
 from adaptsym.effective.report import write_report
-from adaptsym.effective.ensemble import EffectiveConfig, read_ensemble
+from adaptsym.effective.collection import read_ensemble
+from adaptsym.effective.config import EffectiveConfig
 from adaptsym.storage.store import RunStore
 from adaptsym.storage.tracking import Tracker
 from adaptsym.progress import bar_off

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         out["skipped"] = "torch sees no CUDA device here; nothing was measured (--smoke runs the steps on CPU)"
         print(json.dumps(out, indent=2))
         return 0
-    from adaptsym.plan import measure_throughput, predict
+    from adaptsym.planning.cost import predict
+    from jobs.plan_sampler import measure_throughput
 
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:

@@ -12,7 +12,7 @@ size, each with its 95% interval, the active pool examples, and the verdict agai
 (`adaptsym.report.verdict`). Written to `<out>/<name>-regime/regime.zarr`, two figures, an MLflow run
 with one nested run per system, and printed as JSON.
 
-Before anything runs, `adaptsym.plan` predicts the study's time from throughputs measured here;
+Before anything runs, `adaptsym plan` (`adaptsym.planning.cost`) predicts the study's time from throughputs measured here;
 a study predicted to exceed `--budget-min` is refused with the prediction unless `--force`.
 """
 
@@ -92,7 +92,8 @@ def load(path: str | Path) -> RegimeConfig:
 
 def predict_minutes(cfg: RegimeConfig, device) -> tuple[float, dict]:
     """Predicted minutes of the whole study (train once per system, measure once per variant)."""
-    from adaptsym.plan import measure_throughput, predict
+    from adaptsym.planning.cost import predict
+    from jobs.plan_sampler import measure_throughput
 
     per = {}
     for s in cfg.systems:
@@ -108,15 +109,12 @@ def predict_minutes(cfg: RegimeConfig, device) -> tuple[float, dict]:
     return float(sum(per.values())), per
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def figure(path: Path, rows: list[dict], systems: list[str]) -> None:
     import matplotlib
+
+    from adaptsym.util import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,12 +155,14 @@ def figure(path: Path, rows: list[dict], systems: list[str]) -> None:
     axes[0][0].legend(fontsize=6)
     axes[0][2].legend(fontsize=6)
     fig.suptitle("Regime study, default measurement: bands and bars are 95% intervals; dotted: the paper")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def variant_figure(path: Path, rows: list[dict], systems: list[str], variants: list[str]) -> None:
     """Each variant's change against `default`, per system, at every epoch both measured."""
     import matplotlib
+
+    from adaptsym.util import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,7 +189,7 @@ def variant_figure(path: Path, rows: list[dict], systems: list[str], variants: l
         ax.set_ylabel(lab, fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle("Regime study: what the measurement choices move (every epoch a point)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

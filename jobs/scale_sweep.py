@@ -46,6 +46,8 @@ def collect(scalars: dict) -> dict | None:
 def figure(path: Path, n: np.ndarray, rows: dict, fits: dict) -> None:
     import matplotlib
 
+    from adaptsym.util import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -73,9 +75,7 @@ def figure(path: Path, n: np.ndarray, rows: dict, fits: dict) -> None:
     a2.set_ylim(0, 1.02)
     a2.set_xlabel("N (parameters)")
     a2.set_ylabel("fraction |z| < cut")
-    fig.suptitle("Scale sweep: coupling set size and normalised means against network size")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, "Scale sweep: coupling set size and normalised means against network size")
 
 
 def main(argv: list[str] | None = None) -> int:

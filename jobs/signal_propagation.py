@@ -20,6 +20,7 @@ import numpy as np
 from adaptsym.config import ModelSpec
 from adaptsym.nets.models import build_plan
 from adaptsym.storage.provenance import provenance
+from adaptsym.util import save_figure
 from adaptsym.nets.signal_propagation import q_map
 from adaptsym.storage.store import RunStore
 
@@ -60,9 +61,8 @@ def figure(results: dict, path: Path) -> None:
     axes[2].set_xlabel("sigma_w")
     axes[2].set_ylabel("chi_1 (conv layers: times the padding factor)")
     axes[2].legend(fontsize=7)
-    fig.suptitle("Signal propagation at initialisation, bias-free ReLU networks (bars: 1 s.e. over weight draws)")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, "Signal propagation at initialisation, bias-free ReLU networks (bars: 1 s.e. over "
+                "weight draws)", dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Ray actors that train binary-weight networks for the effective-model ensemble
-(`adaptsym.effective.binary_net`, `adaptsym.effective.ensemble`). Each actor uses one thread, so a task's bits do
+(`adaptsym.effective.binary_net`, `adaptsym.effective.collection`). Each actor uses one thread, so a task's bits do
 not depend on which actor ran it; a restarted actor reruns its task to the same bits."""
 
 from __future__ import annotations

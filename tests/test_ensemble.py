@@ -17,7 +17,8 @@ import yaml
 from adaptsym.effective.binary_net import BinaryNetSpec, mean_field_logits, train_task
 from adaptsym.config import ConfigError
 from adaptsym.effective.analysis import parts, pick_references
-from adaptsym.effective.ensemble import EffectiveConfig, load_effective_config, load_pca_data, scenario_data
+from adaptsym.effective.config import EffectiveConfig, load_effective_config
+from adaptsym.effective.data import load_pca_data, scenario_data
 from adaptsym.storage.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +169,8 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 
 def test_mnist_pca_reads_local_idx_files(tmp_path):
-    from adaptsym.effective.ensemble import MNIST_FILES, MNISTMissingError, PCADataSpec
+    from adaptsym.effective.config import PCADataSpec
+    from adaptsym.effective.data import MNIST_FILES, MNISTMissingError
 
     rng = np.random.default_rng(0)
     arrays = {"train_x": rng.integers(0, 256, (50, 28, 28)), "train_y": rng.integers(0, 10, 50),

@@ -61,7 +61,7 @@ def test_fit_part_refines_the_bp_fit_on_sampled_moments(tmp_path):
     are biased: the stored BP history, then Gibbs steps that end below BP's Delta, and the log
     sees every step of both."""
     from adaptsym.effective.analysis import fit_part
-    from adaptsym.effective.ensemble import EffectiveConfig
+    from adaptsym.effective.config import EffectiveConfig
     from adaptsym.storage.store import RunStore
 
     J, h = _model(12, 0.3, 7)

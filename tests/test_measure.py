@@ -259,7 +259,7 @@ def test_measure_whose_arrays_exceed_memory_is_refused_before_any_work(trained, 
     not counted here."""
     import shutil
 
-    from adaptsym.plan import check_memory_floor, counted_arrays_mb
+    from adaptsym.planning.cost import check_memory_floor, counted_arrays_mb
 
     cfg, run_dir = trained
     copy = tmp_path / run_dir.name
@@ -267,16 +267,16 @@ def test_measure_whose_arrays_exceed_memory_is_refused_before_any_work(trained, 
     groups = sorted(p.name for p in (copy / "results.zarr").iterdir())
     n_params = RunStore.for_run(copy, mode="r").attrs()["n_params"]
     need = counted_arrays_mb(cfg, n_params, None)["driver"]
-    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: need * 0.99)
+    monkeypatch.setattr("adaptsym.planning.cost.available_memory_mb", lambda: need * 0.99)
     assert main(["measure", "--run", str(copy), "--quiet", "--epochs", "0"]) == 2
     err = capsys.readouterr().err
     assert f"at least {need:,.0f} MB of arrays" in err and f"N = {n_params:,}" in err and "--force" in err
     assert sorted(p.name for p in (copy / "results.zarr").iterdir()) == groups  # nothing measured
     assert not (copy / "mlflow.db").exists() and not (tmp_path / "mlflow.db").exists()
-    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: need * 1.01)
+    monkeypatch.setattr("adaptsym.planning.cost.available_memory_mb", lambda: need * 1.01)
     check_memory_floor(cfg, n_params, None)  # fits: no error
     c = counted_arrays_mb(cfg, n_params, 3)
-    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: c["driver"] + 2 * c["actor"])
+    monkeypatch.setattr("adaptsym.planning.cost.available_memory_mb", lambda: c["driver"] + 2 * c["actor"])
     check_memory_floor(cfg, n_params, 3, actors_here=False)
     with pytest.raises(UserFacingError, match="3 actors x"):
         check_memory_floor(cfg, n_params, 3)

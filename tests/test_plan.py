@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from adaptsym.config import load_config
-from adaptsym.plan import PlanError, Throughput, check_fits, measure_throughput, parse_devices, predict
+from adaptsym.planning.cost import PlanError, Throughput, check_fits, parse_devices, predict
+from jobs.plan_sampler import measure_throughput
 
 
 def small_demo():
@@ -60,7 +61,7 @@ def test_plan_refuses_what_does_not_fit_and_absent_devices(monkeypatch):
     tp = Throughput("cpu", 1, 10_000_000, 8, 1.0, 1e-4, 3e-5, 1e-4, 1e-4, 1e5, 2e-4, 4e-4, 1e6, 3e-4, 0.01, 5.0, 0.1, 0.2, 0.3, 1e-5,
                     1.0, 5.0, 1000, 200, 300.0, 400.0)
     plan = predict(cfg, tp, "cpu", 2, 2)
-    monkeypatch.setattr("adaptsym.plan.available_memory_mb", lambda: 100.0)
+    monkeypatch.setattr("adaptsym.planning.cost.available_memory_mb", lambda: 100.0)
     with pytest.raises(PlanError, match="available"):
         check_fits(plan, 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

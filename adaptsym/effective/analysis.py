@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .model import boltzmann_learning, data_moments, s_upper, sweep
-from .ensemble import EffectiveConfig
+from .config import EffectiveConfig
 from .gibbs import pcd_learning
 from ..storage.store import RunStore
 

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from .analysis import correlation_diagnostics, parts  # noqa: E402
 from .model import s_upper  # noqa: E402
 from ..storage.store import RunStore  # noqa: E402
+from ..util import save_figure  # noqa: E402
 from ..errors import UserFacingError
 
 PART_ORDER = ("full", "LB", "ITR", "RB")
@@ -44,12 +45,6 @@ DIAG_COLUMNS = (("mean_abs_m", "data: mean |m_i|"),
                 ("rms_connected_other", "data: same, other pairs"),
                 ("rms_C_error_shared_unit", "fit: rms C error, pairs sharing a unit"),
                 ("rms_C_error_other", "fit: same, other pairs"))
-
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def _parts(store: RunStore, scenario: str) -> list[str]:
@@ -73,7 +68,7 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
     ax[1].hist(h, bins=50)
     ax[1].set_xlabel("h_i")
     fig.suptitle(f"{scenario}: couplings and fields of the full model (Fig. 3a)")
-    files.append(_save(fig, out / f"effective_{scenario}_fig3a.png"))
+    files.append(save_figure(fig, out / f"effective_{scenario}_fig3a.png", dpi=100))
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
     Cd, Cm = _offdiag(store.read(f"{base}/full", "C_data")), _offdiag(store.read(f"{base}/full", "C_model"))
@@ -85,7 +80,7 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
         a.set_xlabel(f"{lab} measured")
         a.set_ylabel(f"{lab} model (belief propagation)")
     fig.suptitle(f"{scenario}: reconstruction, Delta = {store.attrs(f'{base}/full')['delta']:.4f} (Fig. 3b)")
-    files.append(_save(fig, out / f"effective_{scenario}_fig3b.png"))
+    files.append(save_figure(fig, out / f"effective_{scenario}_fig3b.png", dpi=100))
 
     e, acc = store.read(f"{base}/full", "energy_density"), store.read(f"{base}/full", "test_accuracy")
     fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
@@ -97,7 +92,7 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("energy density E/N")
     ax.set_title(f"{scenario}: energy against accuracy, mean +- sd (Fig. 3c)", fontsize=9)
-    files.append(_save(fig, out / f"effective_{scenario}_fig3c.png"))
+    files.append(save_figure(fig, out / f"effective_{scenario}_fig3c.png", dpi=100))
 
     sub = [p for p in parts if p != "full"]
     if sub:
@@ -110,7 +105,7 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
         ax[1].set_xlabel("h_i")
         ax[0].legend()
         fig.suptitle(f"{scenario}: parameters per part (Fig. 3d)")
-        files.append(_save(fig, out / f"effective_{scenario}_fig3d.png"))
+        files.append(save_figure(fig, out / f"effective_{scenario}_fig3d.png", dpi=100))
 
     if store.has(f"{base}/full", "entropy"):
         fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -132,7 +127,7 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
         ax[1].set_ylabel("d")
         ax[1].legend(fontsize=6, ncol=2)
         fig.suptitle(f"{scenario}: entropy landscape, every reference (Fig. 4); dotted: the sweep back up")
-        files.append(_save(fig, out / f"effective_{scenario}_fig4.png"))
+        files.append(save_figure(fig, out / f"effective_{scenario}_fig4.png", dpi=100))
     return files
 
 

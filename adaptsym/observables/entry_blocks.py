@@ -86,25 +86,27 @@ class EntryBlockTask(NamedTuple):
         return blocks.entry_block(self.ai)
 
 
-class CorrThresholdTask(NamedTuple):
+class _CorrTile(NamedTuple):
+    """The fields of a correlation tile: a pair of blocks of valid entries and a reading."""
+
     bi: int  # block of valid entries (rows)
     bj: int  # block (columns), bj >= bi
     ei: np.ndarray  # the entries of block bi
     ej: np.ndarray
-    reading: str = "marginal"  # one of nonzero.READINGS: the rows the correlations are over
+    # one of nonzero.READINGS: the rows the correlations are over, and the test family (active: the
+    # active reading's test over every pair; marginal: the pool test over the pairs of mild entries)
+    reading: str = "marginal"
+
+
+class CorrThresholdTask(_CorrTile):
+    __slots__ = ()
 
     def run(self, blocks: "EntryBlocks") -> "ThresholdTileResult":
         return blocks.corr_threshold_tile(self.bi, self.bj, self.ei, self.ej, self.reading)
 
 
-class CorrHistogramTask(NamedTuple):
-    bi: int
-    bj: int
-    ei: np.ndarray
-    ej: np.ndarray
-    # one of nonzero.READINGS: the test family (active: the active reading's test over every pair;
-    # marginal: the pool test over the pairs of mild entries)
-    reading: str = "marginal"
+class CorrHistogramTask(_CorrTile):
+    __slots__ = ()
 
     def run(self, blocks: "EntryBlocks") -> "HistogramTileResult":
         return blocks.corr_histogram_tile(self.bi, self.bj, self.ei, self.ej, self.reading)

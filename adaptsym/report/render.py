@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from ..observables.plotting import MissingData, Reader  # noqa: E402
 from ..registry import Figure, observables  # noqa: E402
 from ..storage.store import RunStore  # noqa: E402
+from ..util import save_figure  # noqa: E402
 from .verdict import READING_LABEL, judge  # noqa: E402
 
 
@@ -240,9 +241,7 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=pr
             log(f"report: skipped {name}: missing {exc.args[0]}")
             parts.append(f"<h2>{name}</h2><p class='skip'>skipped: missing {html.escape(exc.args[0])}</p>")
             continue
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = save_figure(fig, out / f"{name}.png")
         rep.figures[name] = path
         b64 = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<h2>{name}</h2><p class='src'>drawn by <code>{html.escape(where)}</code></p>"

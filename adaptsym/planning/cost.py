@@ -1,59 +1,31 @@
-"""`adaptsym plan CONFIG`: the predicted wall time and peak memory of a whole job, before it runs.
+"""The cost model of `adaptsym plan`: the predicted wall time and peak memory of a whole job, as
+arithmetic on throughputs (`Throughput`) measured beforehand (`jobs.plan_sampler` measures them
+here: it times the job's kernels and starts fresh interpreters).
 
 A job is `adaptsym train` (single process, all threads) followed by `adaptsym measure` at every
-checkpoint, in process or over K actors (`--ray`). The prediction is arithmetic on throughputs
-measured here, in well under a minute, on the configured model, data, dtype and device:
-
-- per example: an SGD step, a forward pass, a gradient, a pool HVP through the stored first-order
-  graph and one by forward-over-reverse, and the graph's saved bytes;
-- per example-column: one real h tile (`per_example.design_tile`) of the configured design;
-- the statistics' kernels at the configured sizes (bootstrap reweighting B x n x K, the K x K
-  correlation products), weight histograms and sampled circuits;
-- the resident memory of a fresh interpreter with torch and adaptsym imported.
-
-Cost model (n pool examples, a of them active, N weights, K entries, |J| columns, K actors):
+checkpoint, in process or over K actors (`--ray`). Cost model (n pool examples, a of them active,
+N weights, K entries, |J| columns, K actors):
   train     = epochs x (n_train x (sgd + gradient) + (n_train + n_test) x forward)
   entries   = a x |J| x tile / K                      (examples with margin > 1 are skipped)
   spectrum  = starts x steps x (a x hvp / K + reorthogonalisation + K vector transfers)
   gradients = a x gradient / K;  statistics, histograms, circuits as measured
 plus a fixed start-up and per-checkpoint overhead. The active fraction is the one measured at the
-initialisation; later checkpoints usually have fewer active examples, so the prediction is an
-upper bound there. Peak memory per process is the interpreter's plus the counted arrays: weight
-copies, data, the Lanczos basis (up to its budget), graphs (up to their budget), one tile.
+initialisation unless the checkpoints' own are given; later checkpoints usually have fewer active
+examples, so the prediction is an upper bound there. Peak memory per process is the interpreter's
+plus the counted arrays (`counted_arrays_mb`: weight copies, data, the Lanczos basis up to its
+budget, graphs up to their budget, one tile). `check_memory_floor` refuses, before any work, a
+measurement whose counted arrays alone exceed the available memory.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import resource
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .errors import UserFacingError
-from .util import torch_dtype
-from .nets.checkpoint import load_checkpoint, model_from_checkpoint
-from .observables.circuits import measure_circuits
-from .config import DataSpec, ModelSpec
-from .nets.data import DataError, load_dataset
-from .curvature.entries import make_design
-from .observables.entry_blocks import EntryWork
-from .observables.executor import LocalExecutor
-from .observables.hessian_entries import analyse, compute_h, prepare
-from .curvature.hvp import PoolHessian, SavedBytes, active_examples
-from .measure import available_epochs, select_pool
-from .nets.models import BiasFreeNet
-from .curvature.per_example import design_tile
-from .storage.store import RunStore
-from .observables.weights import measure_weights
+from ..config import RunConfig
+from ..errors import UserFacingError
 
 STARTUP_S = 8.0  # interpreter, imports, store and tracker set-up (measured on the demo: 5-10 s)
 RAY_STARTUP_S = 12.0  # a local Ray head and K actors (measured: 10-15 s)
@@ -122,157 +94,6 @@ class Plan:
     @property
     def total_seconds(self) -> float:
         return float(sum(self.seconds.values()))
-
-
-def _best(fn, repeats: int = 2) -> float:
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def interpreter_rss_mb(extra: tuple[str, ...] = ()) -> float:
-    """Resident memory of a fresh interpreter that imports what a measuring process imports, and
-    the modules `extra`. (VmRSS, not ru_maxrss: Linux carries the forking parent's peak into the child.)"""
-    code = ("import torch, zarr, numpy, scipy.stats; import adaptsym.measure; "
-            + "".join(f"import {m}; " for m in extra)
-            + "print([int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, threads: int,
-                       sample: int = 8, cheap_s: float = 0.05, driver_modules: tuple[str, ...] = ("mlflow",)
-                       ) -> Throughput:
-    """Time the job's kernels on the configured data and model: on `sample` examples when a
-    gradient over them takes more than `cheap_s` (large models, where cost is linear in the
-    examples), else on the batch sizes the job uses (small models, where per-call overhead counts)."""
-
-    t_start = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    mc = cfg.measure
-    dtype = torch_dtype(mc.dtype)
-    t0 = time.perf_counter()
-    note, sizes = "", None
-    try:
-        data = load_dataset(cfg.data, cfg.seed)
-    except DataError:
-        if cfg.data.name != "cifar10-binary":
-            raise
-        # no local CIFAR-10: time the kernels on photo-patches (the same 3x32x32 shape) and count
-        # CIFAR-10's 50,000 / 10,000 examples (or the configured subsets)
-        data = load_dataset(DataSpec(name="photo-patches", patches={"n_samples": 2048}), cfg.seed)
-        sizes = (cfg.data.n_train or 50_000, cfg.data.n_test or 10_000)
-        note = ("CIFAR-10 is not here: kernels timed on photo-patches (same 3x32x32 shape), with CIFAR-10's "
-                f"{sizes[0]:,} training and {sizes[1]:,} test examples")
-    data_s = time.perf_counter() - t0
-    data_mb = (data.x_train.nbytes + data.x_test.nbytes) / 2**20 * (sizes[0] / len(data.x_train) if sizes else 1)
-    model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=torch.float32).to(device)
-    xs, ys = data.x_train.to(device), data.y_train.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
-
-    def sgd(b):
-        opt.zero_grad(set_to_none=True)
-        torch.clamp(1.0 - ys[:b] * model(xs[:b]), min=0).mean().backward()
-        opt.step()
-
-    b = min(sample, len(xs))
-    with SavedBytes(exclude=list(model.parameters())) as counter:
-        sgd(b)
-    activation_bytes = counter.total / b
-    probe = _best(lambda: sgd(b), 1)
-    large = probe > cheap_s
-    bt = b if large else min(cfg.train.batch_size, len(xs))
-    sgd_s = (probe if large else _best(lambda: sgd(bt))) / bt
-    be = b if large else min(1024, len(xs))  # evaluation and the epoch's full gradient use big chunks
-    with torch.no_grad():
-        forward_s = _best(lambda: model(xs[:be])) / be
-
-    def full_grad():
-        torch.autograd.grad(torch.clamp(1.0 - ys[:be] * model(xs[:be]), min=0).sum(), list(model.parameters()))
-
-    train_gradient_s = _best(full_grad) / be
-    model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=dtype).to(device)
-    px, py = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), min(mc.pool_size,
-                         len(data.x_train)), cfg.seed)
-    active = len(active_examples(model.plan, model.params(), px, py, mc.example_chunk)) / len(px)
-    b = b if large else min(mc.example_chunk, len(px))
-    xb, yb = px[:b], py[:b]
-    torch.set_num_threads(threads)  # worker-side kernels at the workers' thread count
-    # only active examples cost: time on a batch made all active (the margin test is part of it)
-    yb = torch.where(model(xb).detach() >= 0, -1.0, 1.0).to(dtype)  # wrong side of 0: margin < 1
-    op = PoolHessian(model.plan, model.params(), xb, yb, method="fwd-rev")
-    gradient_s = _best(op.gradient) / b
-    v = torch.randn(op.n_params, dtype=dtype, device=device)
-    hvp_fwdrev_s = _best(lambda: op.matvec(v)) / b
-    design = make_design(mc.hessian_entries.design, model.index, cfg.seed)
-    ea = min(design.entry_chunk(mc.hessian_entries.column_chunk), design.n_entries)
-    cols = max(1, mc.hessian_entries.column_chunk if design.kind == "block" else ea)
-    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tile = lambda m: design_tile(model.plan, model.params(), model.index, design, xb[:m], yb[:m], 0, ea)
-    b1 = max(1, b // 2)
-    rss0 = peak()
-    tile(b1)  # ru_maxrss only grows: the smaller tile first, then the larger one
-    d1 = peak() - rss0
-    tile_s = _best(lambda: tile(b)) / (b * cols)
-    d2 = peak() - rss0
-    tile_peak_mb = max(d2 - d1, 0.0) / max(1, b - b1) if b > b1 else d2 / b
-    tile_fixed_mb = max(0.0, d1 - tile_peak_mb * b1)
-    graph = PoolHessian(model.plan, model.params(), xb, yb, method="graph")
-    t0 = time.perf_counter()
-    graph.matvec(v)
-    build = time.perf_counter() - t0
-    hvp_graph_s = _best(lambda: graph.matvec(v)) / b
-    graph_bytes = graph.graph_bytes / b
-    hvp_graph_s += build / b / max(1, mc.spectrum.steps * mc.spectrum.starts)  # the one build, spread
-    del graph
-    torch.set_num_threads(old_threads)
-    histogram_s = 2 * _best(lambda: measure_weights(model.params(), mc.histogram_bins), 1)
-    ce = max(1, min(2, mc.circuits.examples))
-    circuits_s = _best(lambda: measure_circuits(model.plan, model.params(), px[:ce], py[:ce], ce, mc.circuits.paths,
-                                                cfg.seed, 0), 1) * mc.circuits.examples / ce
-    statistics_s = statistics_seconds(cfg, px, py, device)
-    big = torch.randn(model.n_params, dtype=torch.float64)
-    vector_s = _best(lambda: (big * 1.0001).sum(), 3)
-    n_train, n_test = sizes if sizes else (len(data.x_train), len(data.x_test))
-    return Throughput(str(device), threads, model.n_params, torch.empty(0, dtype=dtype).element_size(), active,
-                      sgd_s, forward_s, gradient_s, train_gradient_s, activation_bytes, hvp_graph_s, hvp_fwdrev_s,
-                      graph_bytes, tile_s, tile_peak_mb, tile_fixed_mb, histogram_s, circuits_s, statistics_s, vector_s, data_s,
-                      data_mb, n_train, n_test, interpreter_rss_mb(), interpreter_rss_mb(driver_modules),
-                      time.perf_counter() - t_start, note)
-
-
-def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    """The Hessian-entry statistics (`hessian_entries.analyse`: bootstrap, per-entry moments,
-    correlations, co-moments, Mardia, zarr writes) run for real at the configured pool size and
-    design, on a stand-in MLP (64-64 hidden units) over the flattened pool: their cost depends
-    on n, K and B, not on the network, which is timed separately per h tile."""
-
-    mc = cfg.measure
-    flat = x.reshape(len(x), -1)
-    spec = ModelSpec(kind="mlp", hidden=[64, 64])
-    model = BiasFreeNet(spec, (flat.shape[1],), seed=cfg.seed, dtype=x.dtype).to(device)
-    y = torch.where(model(flat).detach() >= 0, -1.0, 1.0).to(x.dtype)  # all active, like a young network
-    with tempfile.TemporaryDirectory() as tmp:
-        store = RunStore(Path(tmp) / "plan.zarr")
-        work = EntryWork(store_path=str(store.path), group="plan/hessian_entries",
-                         design=make_design(mc.hessian_entries.design, model.index, cfg.seed), mcfg=mc,
-                         s=mc.hessian_entries.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
-                         model_spec=spec.model_dump(mode="json"), input_shape=(flat.shape[1],),
-                         weights=[w.detach().cpu() for w in model.params()], x=flat.cpu(), y=y.cpu())
-        ex = LocalExecutor(device)
-        prepare(store, work)
-        compute_h(store, work, ex, log=lambda *_: None)
-        t0 = time.perf_counter()
-        analyse(store, work, ex, model.n_params)
-        return time.perf_counter() - t0
 
 
 def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int | None,
@@ -383,26 +204,6 @@ def check_memory_floor(cfg: RunConfig, n_params: int, actors: int | None, actors
                         + f", N = {n_params:,}) but this machine has {have:,.0f} MB available; lower "
                         "measure.hessian_entries.replicates, the design, measure.pool_size or "
                         "spectrum.basis_budget_mb (`adaptsym plan` predicts the whole peak), or pass --force")
-
-
-def run_active_fractions(run_dir, cfg: RunConfig, device: torch.device) -> list[float]:
-    """The fraction of the measurement pool with margin <= 1 at each checkpoint of a trained run
-    (the checkpoints `measure` would measure), from one forward pass each."""
-
-    run_dir = Path(run_dir)
-    mc = cfg.measure
-    dtype = torch_dtype(mc.dtype)
-    data = load_dataset(cfg.data, cfg.seed)
-    x, y = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), mc.pool_size, cfg.seed)
-    epochs = mc.checkpoints if mc.checkpoints is not None else available_epochs(run_dir)
-    if not epochs:
-        raise PlanError(f"{run_dir} has no checkpoints; train it first, or plan without --run")
-    out = []
-    for e in epochs:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / f"epoch_{e:04d}.pt", map_location="cpu")
-        model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
-        out.append(len(active_examples(model.plan, model.params(), x, y, mc.example_chunk)) / len(x))
-    return out
 
 
 def available_memory_mb() -> float:
