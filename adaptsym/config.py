@@ -89,8 +89,30 @@ class PatchSpec(StrictModel):
         return self
 
 
+class TextureSpec(StrictModel):
+    """`textures`: Gaussian colour textures with a natural-image spectrum, labelled by a weak dominant
+    orientation (`adaptsym.nets.textures`; its Bayes error is exact)."""
+
+    n_samples: int = Field(default=25_000, gt=1)  # images in all (training + test), half of each class
+    # luminance power x (1 +- anisotropy cos 2 theta) in the band; the defaults' Bayes error is 0.093
+    anisotropy: float = Field(default=0.4, gt=0, lt=1)
+    band: tuple[float, float] = (2.0, 4.0)  # cycles per image: where the classes differ
+    slope: float = Field(default=2.0, ge=0)  # power ~ 1 / (|k|^2 + k0^2)^(slope / 2)
+    k0: float = Field(default=1.0, gt=0)
+    chroma: tuple[float, float] = (0.3, 0.1)  # power of the red-green and blue-yellow channels (luminance 1)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _band(self) -> "TextureSpec":
+        if not 0 < self.band[0] <= self.band[1]:
+            raise ValueError(f"band must be 0 < low <= high (cycles per image), got {list(self.band)}")
+        if min(self.chroma) <= 0:
+            raise ValueError(f"chroma powers must be > 0, got {list(self.chroma)}")
+        return self
+
+
 class DataSpec(StrictModel):
-    name: Literal["digits-binary", "cifar10-binary", "teacher", "photo-patches"] = "digits-binary"
+    name: Literal["digits-binary", "cifar10-binary", "teacher", "photo-patches", "textures"] = "digits-binary"
     # cifar10-binary: directory that holds `cifar-10-batches-py/` (or that folder itself).
     root: str | None = None
     # Classes labelled +1 (the rest -1). digits: >=5; CIFAR-10: 5-9 (SPEC section 1).
@@ -103,6 +125,7 @@ class DataSpec(StrictModel):
     n_test: int | None = Field(default=None, gt=0)
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     patches: PatchSpec = Field(default_factory=PatchSpec)
+    textures: TextureSpec = Field(default_factory=TextureSpec)
 
 
 class TrainSpec(StrictModel):
@@ -245,8 +268,11 @@ class MeasureSpec(StrictModel):
     pool_size: int = Field(default=512, gt=1)  # n pool examples from the training set
     # 'all': the first pool_size of a seeded permutation of the training set, the same at every
     # checkpoint; 'active': the first pool_size of those with margin < 1 at each checkpoint (the
-    # examples that carry the Hessian), so the pool changes with the checkpoint
-    pool: Literal["all", "active"] = "all"
+    # examples that carry the Hessian), so the pool changes with the checkpoint; 'fixed-active':
+    # exactly pool_active of those and pool_size - pool_active with margin >= 1, so that every model
+    # is measured with the same A and n, the same power (the scale sweep)
+    pool: Literal["all", "active", "fixed-active"] = "all"
+    pool_active: int | None = Field(default=None, gt=1)  # A, for pool: fixed-active
     example_chunk: int = Field(default=256, gt=0)  # examples per per-example HVP chunk
     # Pool HVPs (spectrum) reuse each chunk's first-order graph while all of them fit this many MB
     # per process; above it they recompute it (forward-over-reverse), holding no graph.
@@ -292,6 +318,13 @@ class MeasureSpec(StrictModel):
                              f"{', '.join(registered)}")
         # the registry's order, the order they are measured in: a stored list compares equal whatever its order
         self.__dict__["observables"] = [n for n in registered if n in self.observables]
+        if self.pool == "fixed-active" and self.pool_active is None:
+            raise ValueError("measure.pool: fixed-active needs measure.pool_active (A, the number of pool examples "
+                             "with margin < 1)")
+        if self.pool != "fixed-active" and self.pool_active is not None:
+            raise ValueError(f"measure.pool_active is only read with measure.pool: fixed-active (pool is {self.pool!r})")
+        if self.pool_active is not None and self.pool_active > self.pool_size:
+            raise ValueError(f"measure.pool_active={self.pool_active} exceeds measure.pool_size={self.pool_size}")
         return self
 
 

@@ -70,17 +70,55 @@ def select_pool(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple
     return x[idx], y[idx]
 
 
-def active_pool(model, x: torch.Tensor, y: torch.Tensor, size: int, seed: int, chunk: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to `size` training examples with margin < 1 at this model, in the order of the same
-    seeded permutation as `select_pool` (`measure.pool: active`)."""
+def _in_pool_order(model, x: torch.Tensor, y: torch.Tensor, seed: int, chunk: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set in the seeded order of `select_pool`, and which of them have margin < 1."""
     perm = torch.as_tensor(np.random.default_rng(np.random.SeedSequence([seed, 0xB00])).permutation(len(x)),
                            device=x.device)
     with torch.no_grad():
         out = torch.cat([model(x[perm[i : i + chunk]]) for i in range(0, len(x), chunk)])
-    keep = perm[y[perm] * out < 1.0][:size]
-    idx = torch.sort(keep).values
+    return perm, y[perm] * out < 1.0
+
+
+def active_pool(model, x: torch.Tensor, y: torch.Tensor, size: int, seed: int, chunk: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `size` training examples with margin < 1 at this model, in the order of the same
+    seeded permutation as `select_pool` (`measure.pool: active`)."""
+    perm, act = _in_pool_order(model, x, y, seed, chunk)
+    idx = torch.sort(perm[act][:size]).values
     return x[idx], y[idx]
+
+
+def fixed_active_pool(model, x: torch.Tensor, y: torch.Tensor, size: int, active: int, seed: int, chunk: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pool of exactly `size` training examples of which exactly `active` have margin < 1 at this
+    model (`measure.pool: fixed-active`): the first `active` active and the first `size - active`
+    inactive examples of the seeded permutation of `select_pool`. Every model measured with it has
+    the same A and n, so the same power to detect a coupling (the scale sweep)."""
+    perm, act = _in_pool_order(model, x, y, seed, chunk)
+    have_active, have_inactive = int(act.sum()), int((~act).sum())
+    if have_active < active:
+        raise ConfigError(f"measure.pool_active={active}, but only {have_active} of the {len(x)} training examples "
+                          "have margin < 1 at this checkpoint; lower measure.pool_active, measure an earlier "
+                          "checkpoint, or train on a harder task (data.name: textures)")
+    if have_inactive < size - active:
+        raise ConfigError(f"measure.pool_size={size} with pool_active={active} needs {size - active} examples with "
+                          f"margin >= 1, but only {have_inactive} of the {len(x)} training examples have one at this "
+                          "checkpoint; raise measure.pool_active or lower measure.pool_size")
+    idx = torch.sort(torch.cat([perm[act][:active], perm[~act][: size - active]])).values
+    return x[idx], y[idx]
+
+
+def checkpoint_pool(model, data, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pool measured at one checkpoint's model: `x, y` (the seeded pool, `measure.pool: all`),
+    or the one `measure.pool` selects from the training set at this model."""
+    mcfg = cfg.measure
+    if mcfg.pool == "all":
+        return x, y
+    if mcfg.pool == "active":
+        return active_pool(model, data.x_train, data.y_train, mcfg.pool_size, cfg.seed, mcfg.example_chunk)
+    return fixed_active_pool(model, data.x_train, data.y_train, mcfg.pool_size, mcfg.pool_active, cfg.seed,
+                             mcfg.example_chunk)
 
 
 def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: int, store: RunStore, group: str,
@@ -156,7 +194,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
     # Hessian-entry design, the same entries at every checkpoint, only when those are measured
     design = None
     if "hessian_entries" in mcfg.observables:
-        if mcfg.pool == "all":
+        if mcfg.pool != "active":  # a pool of exactly pool_size
             check_pool(len(x), s)
         index = ParamIndex(tuple(tuple(int(d) for d in shape) for shape in root["layer_shapes"]))
         design = make_design(mcfg.hessian_entries.design, index, cfg.seed)
@@ -206,8 +244,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest, "complete": False},
                             group=group)
             model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
-            px, py = (x, y) if mcfg.pool == "all" else active_pool(model, data.x_train, data.y_train, mcfg.pool_size,
-                                                                   cfg.seed, mcfg.example_chunk)
+            px, py = checkpoint_pool(model, data, x, y, cfg)
             observations = measure_checkpoint(model, ckpt, px, py, cfg, s, epoch, store, group, executor, design,
                                               progress)
             metrics = {}

@@ -281,3 +281,73 @@ def test_measure_whose_arrays_exceed_memory_is_refused_before_any_work(trained, 
     with pytest.raises(UserFacingError, match="3 actors x"):
         check_memory_floor(cfg, n_params, 3)
     assert main(["measure", "--run", str(copy), "--no-mlflow", "--quiet", "--epochs", "0", "--force"]) == 0
+
+
+def _pool_activity(model, px, py) -> int:
+    import torch
+
+    with torch.no_grad():
+        return int((py * model(px) < 1).sum())
+
+
+def test_fixed_active_pool_has_the_same_A_at_every_size():
+    """`measure.pool: fixed-active`: exactly pool_active examples with margin < 1 and pool_size in
+    all, whatever the network; the seeded 'all' pool (the old sweep) has an A that moves with N."""
+    import torch
+
+    from adaptsym.config import ConfigError, ModelSpec
+    from adaptsym.measure import checkpoint_pool, select_pool
+    from adaptsym.nets.data import load_dataset
+    from adaptsym.nets.models import BiasFreeNet
+
+    cfg = tiny_config()
+    data = load_dataset(cfg.data, cfg.seed)
+    x, y = select_pool(data.x_train, data.y_train, 64, cfg.seed)
+    fixed = cfg.model_copy(update={"measure": cfg.measure.model_copy(update={"pool": "fixed-active",
+                                                                             "pool_active": 24})})
+    seen_all = []
+    for width, gain in ((4, 2.0), (16, 4.0), (64, 8.0)):  # different activity over the training set
+        model = BiasFreeNet(ModelSpec(kind="mlp", hidden=[width, width]), data.input_shape, seed=width)
+        with torch.no_grad():
+            model.weights[-1].mul_(gain)
+        px, py = checkpoint_pool(model, data, x, y, fixed)
+        assert len(px) == 64 and _pool_activity(model, px, py) == 24
+        # the examples are training examples, each once, balanced by nothing but the permutation
+        rows = {tuple(r.tolist()) for r in px}
+        assert len(rows) == 64 and rows <= {tuple(r.tolist()) for r in data.x_train}
+        seen_all.append(_pool_activity(model, *checkpoint_pool(model, data, x, y, cfg)))
+    assert len(set(seen_all)) > 1, "the size-sensitive control: the seeded pool's A must differ across these nets"
+    # too few active, or too few inactive, examples: a clear error, not a smaller pool
+    big = fixed.model_copy(update={"measure": fixed.measure.model_copy(update={"pool_size": 220, "pool_active": 200})})
+    with pytest.raises(ConfigError, match="pool_active=200, but only 1[0-9][0-9] of the 240"):
+        checkpoint_pool(model, data, x, y, big)
+    with torch.no_grad():
+        model.weights[-1].zero_()  # output 0: every margin is 0, every example active
+    with pytest.raises(ConfigError, match="needs 40 examples with margin >= 1, but only 0 of the 240"):
+        checkpoint_pool(model, data, x, y, fixed)
+
+
+def test_fixed_active_pool_config_is_checked():
+    from adaptsym.config import parse_config
+
+    base = tiny_config().model_dump(mode="json")
+    for measure, message in (({"pool": "fixed-active"}, "needs measure.pool_active"),
+                             ({"pool_active": 8}, "only read with measure.pool: fixed-active"),
+                             ({"pool": "fixed-active", "pool_active": 99}, "exceeds measure.pool_size=64")):
+        bad = {**base, "measure": {**base["measure"], **measure}}
+        with pytest.raises(Exception, match=message):
+            parse_config(bad)
+
+
+def test_measure_with_a_fixed_active_pool_stores_A(trained, tmp_path):
+    import shutil
+
+    cfg, run_dir = trained
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    m = cfg.measure.model_copy(update={"pool": "fixed-active", "pool_active": 20, "observables": ["hessian_entries"]})
+    fixed = cfg.model_copy(update={"measure": m})
+    res = measure_run(copy, cfg=fixed, epochs=[3], progress=False)
+    sc = res.scalars[3]
+    assert sc["hessian_entries.n_active_examples"] == 20 and sc["hessian_entries.pool_size"] == 64
+    assert int(RunStore.for_run(copy, mode="r").read("epoch_0003/hessian_entries", "active_example").sum()) == 20
