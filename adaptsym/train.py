@@ -26,7 +26,8 @@ from .storage.provenance import provenance, resolve_device
 from .storage.runlock import run_lock
 from .storage.store import RunStore
 
-HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm2", "omega")
+# train_active: the fraction of training examples with margin < 1 (the only ones with a Hessian)
+HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm2", "omega", "train_active")
 LAST = "last.pt"
 
 
@@ -35,14 +36,15 @@ def run_dir_for(out: str | Path, cfg: RunConfig, model_name: str) -> Path:
 
 
 @torch.no_grad()
-def evaluate(model: BiasFreeNet, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
-    """Mean hinge loss and accuracy (sign of T) over a data set."""
-    loss, correct = 0.0, 0.0
+def evaluate(model: BiasFreeNet, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[float, float, float]:
+    """Mean hinge loss, accuracy (sign of T) and the fraction with margin y T < 1 over a data set."""
+    loss, correct, active = 0.0, 0.0, 0.0
     for i in range(0, len(x), chunk):
         out = model(x[i : i + chunk])
         loss += hinge(out, y[i : i + chunk]).sum().item()
         correct += (torch.where(out >= 0, 1.0, -1.0) == y[i : i + chunk]).sum().item()
-    return loss / len(x), correct / len(x)
+        active += (y[i : i + chunk] * out < 1).sum().item()
+    return loss / len(x), correct / len(x), active / len(x)
 
 
 def full_gradient(model: BiasFreeNet, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> list[torch.Tensor]:
@@ -75,18 +77,19 @@ def checkpoint_payload(cfg: RunConfig, model_name: str, input_shape, epoch: int,
 
 
 def epoch_metrics(model, data: Dataset, lr: float) -> dict:
-    tl, ta = evaluate(model, data.x_train, data.y_train)
-    vl, va = evaluate(model, data.x_test, data.y_test)
+    tl, ta, active = evaluate(model, data.x_train, data.y_train)
+    vl, va, _ = evaluate(model, data.x_test, data.y_test)
     g2 = float(sum((g.double() ** 2).sum() for g in full_gradient(model, data.x_train, data.y_train)))
-    return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va, "grad_norm2": g2, "omega": lr * g2}
+    return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va, "grad_norm2": g2, "omega": lr * g2,
+            "train_active": active}
 
 
 def record_epoch(model, data: Dataset, lr: float, epoch: int, history: dict, tracker=None) -> dict:
     """Measure the epoch's metrics, append them to the history, log them to MLflow."""
     metrics = epoch_metrics(model, data, lr)
     history["epoch"].append(epoch)
-    for k in HISTORY_KEYS:
-        history[k].append(metrics[k])
+    for k in HISTORY_KEYS:  # a run resumed from before a key existed has NaN there
+        history.setdefault(k, [float("nan")] * (len(history["epoch"]) - 1)).append(metrics[k])
     if tracker:
         tracker.log_metrics(metrics, step=epoch)
     return metrics

@@ -184,6 +184,7 @@ def cmd_plan(args) -> int:
     threads = max(1, count // actors) if kind == "cpu" and actors else (count if kind == "cpu" else 1)
     device = torch.device("cuda" if kind == "cuda" else "cpu")
     code = 0
+    totals = {}
     for name in _models(cfg, args.model):
         tp = measure_throughput(cfg, name, device, threads, driver_modules=("mlflow",) + (("ray",) if actors else ()))
         fractions = None
@@ -193,12 +194,16 @@ def cmd_plan(args) -> int:
         plan = predict(cfg.model_copy(update={"models": {name: cfg.models[name]}}), tp, kind, count, actors,
                        f"{Path(args.config).name} [{name}]", fractions)
         print(plan_json(plan, tp) if args.json else format_plan(plan, tp))
+        totals[name] = plan.total_seconds
         try:
             check_fits(plan, actors or 0)
         except PlanError as exc:
             if not args.force:
                 print(f"adaptsym: error: {exc}", file=sys.stderr)
                 code = 2
+    if len(totals) > 1 and not args.json:  # one after the other, as `jobs.scale_sweep` runs them
+        print(f"total over {len(totals)} models: {sum(totals.values()):.0f} s "
+              f"({sum(totals.values()) / 60:.1f} min), each with its own start-up")
     return code
 
 

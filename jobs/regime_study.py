@@ -3,7 +3,7 @@
     python -m jobs.regime_study --config configs/regime-cpu.yaml [--out runs] [--budget-min 45] [--force]
 
 The config names *systems* (a data set and a network, each trained once with the shared `train`
-section) and *variants* of the measurement (changes to the shared `measure` section: pool
+section, any of whose keys a system may replace, e.g. fewer epochs for a large network) and *variants* of the measurement (changes to the shared `measure` section: pool
 composition, pool size n, the non-zero rule). Every variant measures the Hessian-entry statistics
 at every checkpoint of every system, so each factor is varied one at a time against the `default`
 variant. For each (system, variant, epoch) the table holds the fraction of entries with |z| <
@@ -46,6 +46,7 @@ class System(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data: dict[str, Any]
     model: dict[str, Any]
+    train: dict[str, Any] = Field(default_factory=dict)  # keys that replace the shared train section's
 
 
 class RegimeConfig(BaseModel):
@@ -71,7 +72,7 @@ class RegimeConfig(BaseModel):
             raise ConfigError(f"regime study {self.name}: variant {variant}: {exc}") from None
         measure = {**merge_sections(base, variant_measure), "observables": ["hessian_entries"]}
         return parse_config({"name": f"{self.name}-{system}", "seed": self.seed, "device": self.device,
-                             "data": sysm.data, "models": {"net": sysm.model}, "train": self.train,
+                             "data": sysm.data, "models": {"net": sysm.model}, "train": {**self.train, **sysm.train},
                              "measure": measure}, source=f"regime study {self.name}: {system} / {variant}")
 
 

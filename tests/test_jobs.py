@@ -133,33 +133,41 @@ def test_mlflow_server_down_fails_fast_or_falls_back_when_asked(tmp_path, monkey
     assert local.get_run(res.mlflow_run_id).data.metrics["train_loss"] >= 0
 
 
-def test_scale_sweep_fits_an_exponent_over_four_sizes(tmp_path, capsys):
+def test_scale_sweep_fits_an_exponent_over_four_sizes_at_fixed_power(tmp_path, capsys):
     from jobs.scale_sweep import main as sweep
 
     cfg = {"name": "sweep", "seed": 0, "device": "cpu",
            "data": {"name": "teacher", "teacher": {"n_samples": 800, "input_dim": 8, "hidden": [8]}},
            "models": {f"w{w}": {"kind": "mlp", "hidden": [w, w]} for w in (4, 8, 16, 32)},
-           "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "checkpoints": [0, 2]},
-           "measure": {"pool_size": 512, "observables": ["hessian_entries"],
+           "train": {"epochs": 2, "batch_size": 32, "lr": 0.02, "checkpoints": [2]},
+           "measure": {"pool_size": 320, "pool": "fixed-active", "pool_active": 160, "observables": ["hessian_entries"],
                        "hessian_entries": {"minibatch": 16, "replicates": 200, "tuples_per_entry": 16,
                                            "design": {"kind": "block", "rows": 16, "cols": 8},
                                            "uncertainty_resamples": 30, "mardia_sets": 0}}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert sweep(["--config", str(path), "--out", str(tmp_path), "--quiet"]) == 0
+    assert sweep(["--config", str(path), "--out", str(tmp_path), "--quiet", "--resamples", "40"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["models"] == ["w4", "w8", "w16", "w32"]
+    assert summary["families"]["mlp"]["models"] == ["w4", "w8", "w16", "w32"]
     from adaptsym.storage.store import RunStore
 
     store = RunStore(tmp_path / "sweep-sweep" / "sweep.zarr", mode="r")
-    fit = store.attrs()["fits"]["corr_absolute"]
-    detected = int(np.sum(store.read("sizes", "corr_relative") > 0))  # a size may find nothing
-    assert fit["points"] == detected >= 3 and np.isfinite(fit["exponent"]) and fit["exponent_std"] > 0
-    assert fit["exponent_ci_low"] < fit["exponent"] < fit["exponent_ci_high"] and fit["ci_level"] == 0.95
-    # the pool keeps enough examples active for the correlation test to have power at every size
-    assert np.all(store.read("sizes", "corr_untestable") == 0) and np.all(store.read("sizes", "n_active") >= 100)
-    n = store.read("sizes", "n_params")
+    fits = store.attrs()["families"]["mlp"]["fits"]
+    # the same power at every size: A and n fixed by the pool
+    assert np.all(store.read("mlp", "n_active") == 160) and np.all(store.read("mlp", "pool_size") == 320)
+    for reading, tag in (("marginal", ""), ("active", "active_")):
+        fit = fits[f"corr_absolute.{reading}"]
+        detected = int(np.sum(store.read("mlp", f"{tag}corr_relative") > 0))  # a size may find nothing
+        assert fit["points"] == detected >= 3 and np.isfinite(fit["exponent"]) and fit["exponent_std"] > 0
+        assert fit["exponent_ci_low"] < fit["exponent"] < fit["exponent_ci_high"] and fit["ci_level"] == 0.95
+        assert len(fit["leave_one_out"]) == 4 and fit["resamples"] == 40
+        reps = store.read("mlp", f"corr_relative_replicates_{reading}")
+        assert reps.shape == (4, 40) and np.all(reps.std(axis=1) > 0)
+        assert np.all(store.read("mlp", f"{tag}corr_untestable") == 0)
+        assert np.all(np.isfinite(store.read("mlp", f"{tag}corr_min_detectable_rho")))
+    n = store.read("mlp", "n_params")
     assert len(n) == 4 and np.all(np.diff(n) > 0) and n[0] < 200 < 1000 < n[-1]
+    assert np.all(store.read("mlp", "train_seconds") > 0) and np.all(store.read("mlp", "measure_seconds") > 0)
     assert (tmp_path / "sweep-sweep" / "scale_sweep.png").stat().st_size > 10_000
 
 

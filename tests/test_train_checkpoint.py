@@ -38,6 +38,15 @@ def test_checkpoints_are_self_describing_and_safe(tmp_path):
     assert torch.equal(model.weights[0].detach(), ck["weights"][0])
     # training made progress on this separable problem
     assert res.history["train_loss"][-1] < res.history["train_loss"][0]
+    # the recorded active fraction is that of the checkpoint's own margins (brute force)
+    from adaptsym.nets.data import load_dataset
+
+    data = load_dataset(cfg.data, cfg.seed)
+    with torch.no_grad():
+        margins = data.y_train * model(data.x_train)
+    assert res.history["epoch"][-1] == 3
+    assert res.history["train_active"][-1] == int((margins < 1).sum()) / len(margins)
+    assert 0 < res.history["train_active"][-1] < res.history["train_active"][0] <= 1
 
 
 def test_truncated_foreign_and_unsafe_checkpoints_fail_clearly(tmp_path):

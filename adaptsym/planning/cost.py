@@ -7,11 +7,12 @@ checkpoint, in process or over K actors (`--ray`). Cost model (n pool examples, 
 N weights, K entries, |J| columns, K actors):
   train     = epochs x (n_train x (sgd + gradient) + (n_train + n_test) x forward)
   entries   = a x |J| x tile / K                      (examples with margin > 1 are skipped)
+  pool      = n_train x forward per checkpoint       (measure.pool active or fixed-active)
   spectrum  = starts x steps x (a x hvp / K + reorthogonalisation + K vector transfers)
   gradients = a x gradient / K;  statistics, histograms, circuits as measured
 plus a fixed start-up and per-checkpoint overhead. The active fraction is the one measured at the
-initialisation unless the checkpoints' own are given; later checkpoints usually have fewer active
-examples, so the prediction is an upper bound there. Peak memory per process is the interpreter's
+initialisation unless the checkpoints' own are given (or fixed by `pool: fixed-active`); later
+checkpoints usually have fewer active examples, so the prediction is an upper bound there. Peak memory per process is the interpreter's
 plus the counted arrays (`counted_arrays_mb`: weight copies, data, the Lanczos basis up to its
 budget, graphs up to their budget, one tile). `check_memory_floor` refuses, before any work, a
 measurement whose counted arrays alone exceed the available memory.
@@ -108,7 +109,11 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     n_models = len(cfg.models)
     n_train, n_test = tp.n_train, tp.n_test
     ckpts = len(mc.checkpoints) if mc.checkpoints is not None else len(tc.checkpoints)
-    fractions = active_fractions if active_fractions is not None else [tp.active_fraction] * ckpts
+    fixed = mc.pool == "fixed-active"
+    if fixed:  # the pool holds exactly pool_active active examples at every checkpoint
+        fractions = [mc.pool_active / mc.pool_size] * ckpts
+    else:
+        fractions = active_fractions if active_fractions is not None else [tp.active_fraction] * ckpts
     n = mc.pool_size
     d = mc.hessian_entries.design
     J = d.cols if d.kind == "block" else d.n_pairs
@@ -122,10 +127,12 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
     graph_peak = 0.0
     for f in fractions:
         a = max(1.0, f * n)
-        graph = a / k * tp.graph_bytes
+        graph = a / k * tp.graph_bytes if "spectrum" in want else 0.0  # only the spectrum keeps graphs
         hvp = tp.hvp_graph_s if graph <= budget else tp.hvp_fwdrev_s
         graph_peak = max(graph_peak, graph if graph <= budget else 0.0)
         part = {"overhead": CHECKPOINT_OVERHEAD_S}
+        if mc.pool != "all":  # the pool is chosen by a forward pass over the training set
+            part["pool_search"] = n_train * tp.forward_s
         if "weights" in want or "gradients" in want:
             part["weights+gradients"] = tp.histogram_s + (a * tp.gradient_s / k if "gradients" in want else 0.0)
         if "hessian_entries" in want:
@@ -154,7 +161,9 @@ def predict(cfg: RunConfig, tp: Throughput, kind: str, devices: int, actors: int
         plan.peak_rss_mb["driver"] = driver + max(tile_mb, graph_mb)
     plan.peak_rss_mb["train"] = (tp.driver_base_rss_mb + 3 * tp.data_mb + 5 * tp.n_params * 4 / 2**20
                                  + tp.activation_bytes * min(4096, n_train) / 2**20)
-    if active_fractions is None:
+    if fixed:
+        plan.notes.append(f"active fraction {mc.pool_active}/{mc.pool_size} at every checkpoint (pool: fixed-active)")
+    elif active_fractions is None:
         plan.notes.append(f"active fraction {tp.active_fraction:.2f} measured at initialisation, assumed at every "
                           "checkpoint (an upper bound once margins grow; `--run` measures them per checkpoint)")
     else:
