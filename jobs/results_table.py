@@ -8,7 +8,9 @@ Per run and checkpoint, from the zarr store alone:
    with the share of entries the sparsity bound sqrt(p / (1 - p)) forces below the cut (in braces);
 2. couplings: the relative correlation, co-skewness and co-kurtosis coupling sizes in both
    readings ("untestable" where too few examples are active), the smallest detectable |rho|;
-3. with --verdicts: the verdict per claim and reading (`adaptsym.report.verdict`).
+3. with --verdicts: the verdict per claim and reading (`adaptsym.report.verdict`);
+4. with --training: per epoch, the fraction of training examples with margin < 1 and the training
+   and held-out accuracies (the run's training history).
 This is what `docs/results.md` quotes.
 """
 
@@ -53,6 +55,23 @@ def rows(run_dir: Path) -> list[tuple[int, dict]]:
         if store.is_complete(g):
             out.append((int(g.split("_")[1]), store.attrs(g).get("scalars", {})))
     return out
+
+
+def training_table(runs: list[Path]) -> str:
+    """Per run and epoch: active fraction of the training set, training and held-out accuracy."""
+    from adaptsym.storage.store import RunStore
+
+    out = ["| run | epoch | active (margin < 1), training set | training accuracy | held-out accuracy |",
+           "| --- | --- | --- | --- | --- |"]
+    for run in runs:
+        store = RunStore.for_run(run, mode="r")
+        epochs = store.read("training", "epoch")
+        have = set(store.root["training"].array_keys())
+        active = store.read("training", "train_active") if "train_active" in have else np.full(len(epochs), np.nan)
+        tr, te = store.read("training", "train_acc"), store.read("training", "test_acc")
+        for i, e in enumerate(epochs):
+            out.append(f"| {run.name} | {int(e)} | {_fmt(active[i])} | {_fmt(tr[i])} | {_fmt(te[i])} |")
+    return "\n".join(out)
 
 
 def tables(runs: list[Path], verdicts: bool = False) -> str:
@@ -102,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jobs.results_table", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run directories (each with a results.zarr)")
     p.add_argument("--verdicts", action="store_true", help="also the verdict per claim and reading")
+    p.add_argument("--training", action="store_true", help="also the active fraction and accuracies per epoch")
     args = p.parse_args(argv)
     print(tables([Path(r) for r in args.runs], args.verdicts))
+    if args.training:
+        print("\n" + training_table([Path(r) for r in args.runs]))
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python -m jobs.scale_sweep --config configs/scale-sweep-vgg12.yaml [--out runs] [--ray [ADDRESS]]
                                [--resamples 200]
+    python -m jobs.scale_sweep --table runs/sweep-vgg12-sweep/sweep.zarr   # the tables, markdown
 
 Every model of the config is one size of a family (its `kind`: vgg12, cnn or mlp; a config may
 hold several families, each fitted on its own). Each is trained and measured; at its last
@@ -141,6 +142,11 @@ def figure(path: Path, families: dict) -> None:
                 a1.plot(grid, np.exp(f["log_prefactor"]) * grid ** f["exponent"], "--" if reading == "marginal"
                         else ":", color=color, lw=1)
             ok = absolute > 0
+            for size in n[(absolute == 0) & (rows[f"{tag}corr_untestable"] == 0)]:  # testable, found nothing
+                a1.axvline(size, color=color, ls=":" if reading == "marginal" else "-.", lw=0.8, alpha=0.6)
+            if np.any((absolute == 0) & (rows[f"{tag}corr_untestable"] == 0)):
+                a1.plot([], [], color=color, ls=":" if reading == "marginal" else "-.", lw=0.8,
+                        label=f"{fam}, {label_reading}: nothing found (testable; not in the fit)")
             a1.errorbar(n[ok], absolute[ok], yerr=err[ok], fmt=markers[reading], color=color,
                         mfc="white" if reading == "active" else color, label=label)
         a2.plot(n, rows["z_fraction"], "o-", color=color, label=f"{fam}: |z| < cut (pool, s)")
@@ -159,9 +165,58 @@ def figure(path: Path, families: dict) -> None:
                            "entries) and normalised means")
 
 
+def _g(v: float) -> str:
+    return "-" if v is None or not np.isfinite(v) or v < 0 else f"{v:.3g}"
+
+
+def table(path: Path) -> str:
+    """A finished sweep's store as markdown: per family and size, the power (A, n, the smallest
+    detectable |rho|), both readings' coupling sizes with the resampled 2.5-97.5% range, the |z|
+    fraction with its forced share, the wall times; then the fits with leave-one-out."""
+    from adaptsym.storage.store import RunStore
+
+    store = RunStore(path, mode="r")
+    fams = store.attrs()["families"]
+    out = []
+    for fam, d in fams.items():
+        t = {k: np.asarray(v, dtype=np.float64) for k, v in d["table"].items()}
+        out += [f"**{fam}**", "",
+                "| model | N | A / n | min detectable abs(rho): pool / given activity | corr relative, pool [resampled 95%] "
+                "| corr relative, given activity [resampled 95%] | abs(z) < cut at s {forced} | given activity {forced} "
+                "| train s | measure s | resampling s |", "| " + " | ".join(["---"] * 11) + " |"]
+        for i, name in enumerate(d["models"]):
+            cells = []
+            for r, tag in READINGS:
+                reps = store.read(fam, f"corr_relative_replicates_{r}")[i]
+                reps = reps[reps >= 0]
+                lo, hi = np.quantile(reps, [0.025, 0.975]) if reps.size else (np.nan, np.nan)
+                rel = t[f"{tag}corr_relative"][i]
+                cells.append("untestable" if t[f"{tag}corr_untestable"][i] > 0 else f"{_g(rel)} [{_g(lo)}, {_g(hi)}]")
+            out.append(f"| {name} | {d['n_params'][i]:,.0f} | {t['n_active'][i]:.0f} / {t['pool_size'][i]:.0f} | "
+                       f"{_g(t['corr_min_detectable_rho'][i])} / {_g(t['active_corr_min_detectable_rho'][i])} | "
+                       f"{cells[0]} | {cells[1]} | {_g(t['z_fraction'][i])} {{{_g(t['z_forced_fraction'][i])}}} | "
+                       f"{_g(t['active_z_fraction'][i])} {{{_g(t['active_z_forced_fraction'][i])}}} | "
+                       f"{t['train_seconds'][i]:.0f} | {t['measure_seconds'][i]:.0f} | {t['resample_seconds'][i]:.0f} |")
+        out += ["", "| fit | exponent | 95% interval | leave-one-out (each size dropped, smallest first) | points |",
+                "| --- | --- | --- | --- | --- |"]
+        for key, f in d["fits"].items():
+            if not isinstance(f, dict) or "exponent" not in f:
+                if isinstance(f, dict) and "slope" in f:
+                    out.append(f"| {key} | slope {f['slope']:.3f} +- {f['slope_std']:.3f} per decade | | | |")
+                else:
+                    out.append(f"| {key} | {f.get('error', '-') if isinstance(f, dict) else f} | | | |")
+                continue
+            loo = ", ".join(f"{v:.2f}" for v in f.get("leave_one_out", []))
+            out.append(f"| {key} | {f['exponent']:.3f} | [{f['exponent_ci_low']:.3f}, {f['exponent_ci_high']:.3f}] | "
+                       f"{loo or '-'} | {f['points']} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jobs.scale_sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
+    p.add_argument("--config")
+    p.add_argument("--table", metavar="SWEEP_ZARR", help="print a finished sweep's tables as markdown and exit")
     p.add_argument("--out", default="runs")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS")
     p.add_argument("--resamples", type=int, default=200,
@@ -169,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(Path(args.table)))
+        return 0
+    if not args.config:
+        p.error("--config is required (or --table SWEEP_ZARR)")
 
     from adaptsym.config import config_to_dict, load_config
     from adaptsym.measure import measure_run

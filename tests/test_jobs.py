@@ -169,6 +169,9 @@ def test_scale_sweep_fits_an_exponent_over_four_sizes_at_fixed_power(tmp_path, c
     assert len(n) == 4 and np.all(np.diff(n) > 0) and n[0] < 200 < 1000 < n[-1]
     assert np.all(store.read("mlp", "train_seconds") > 0) and np.all(store.read("mlp", "measure_seconds") > 0)
     assert (tmp_path / "sweep-sweep" / "scale_sweep.png").stat().st_size > 10_000
+    assert sweep(["--table", str(tmp_path / "sweep-sweep" / "sweep.zarr")]) == 0
+    md = capsys.readouterr().out
+    assert "| w32 | " in md and "| corr_absolute.active | " in md and " / 320 | " in md
 
 
 def _manifests():

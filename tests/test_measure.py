@@ -351,3 +351,18 @@ def test_measure_with_a_fixed_active_pool_stores_A(trained, tmp_path):
     sc = res.scalars[3]
     assert sc["hessian_entries.n_active_examples"] == 20 and sc["hessian_entries.pool_size"] == 64
     assert int(RunStore.for_run(copy, mode="r").read("epoch_0003/hessian_entries", "active_example").sum()) == 20
+
+
+def test_results_table_prints_the_training_history(trained, capsys):
+    from jobs.results_table import main as table
+
+    cfg, run_dir = trained
+    measure_run(run_dir, cfg=cfg, epochs=[3], progress=False)
+    assert table([str(run_dir), "--training"]) == 0
+    out = capsys.readouterr().out
+    store = RunStore.for_run(run_dir, mode="r")
+    active, acc = store.read("training", "train_active"), store.read("training", "test_acc")
+    lines = [line for line in out.splitlines() if line.startswith(f"| {run_dir.name} | ") and line.count("|") == 6]
+    assert len(lines) == len(active) == 4  # epochs 0-3
+    cells = lines[-1].strip("|").split("|")
+    assert float(cells[2]) == pytest.approx(active[-1], abs=0.005) and float(cells[4]) == pytest.approx(acc[-1], abs=0.005)
