@@ -347,7 +347,7 @@ def test_measure_with_a_fixed_active_pool_stores_A(trained, tmp_path):
     shutil.copytree(run_dir, copy)
     m = cfg.measure.model_copy(update={"pool": "fixed-active", "pool_active": 20, "observables": ["hessian_entries"]})
     fixed = cfg.model_copy(update={"measure": m})
-    res = measure_run(copy, cfg=fixed, epochs=[3], progress=False)
+    res = measure_run(copy, cfg=fixed, epochs=[3], progress=False, overwrite=True)
     sc = res.scalars[3]
     assert sc["hessian_entries.n_active_examples"] == 20 and sc["hessian_entries.pool_size"] == 64
     assert int(RunStore.for_run(copy, mode="r").read("epoch_0003/hessian_entries", "active_example").sum()) == 20
