@@ -125,7 +125,7 @@ def figure(path: Path, families: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
     markers = {"marginal": "o", "active": "s"}
     for i, (fam, d) in enumerate(sorted(families.items())):
         n, rows, fits = d["n"], d["rows"], d["fits"]
@@ -137,8 +137,10 @@ def figure(path: Path, families: dict) -> None:
             f = fits.get(f"corr_absolute.{reading}", {})
             label = f"{fam}, {label_reading}"
             if "exponent" in f:
-                label += f": N^{f['exponent']:.2f} [{f['exponent_ci_low']:.2f}, {f['exponent_ci_high']:.2f}]"
-                grid = np.geomspace(n.min(), n.max(), 50)
+                label += (f": N^{f['exponent']:.2f} [{f['exponent_ci_low']:.2f}, {f['exponent_ci_high']:.2f}], "
+                          f"{f['points']} of {len(n)} sizes")
+                used = n[absolute > 0]  # the line spans the sizes it was fitted on, no further
+                grid = np.geomspace(used.min(), used.max(), 50)
                 a1.plot(grid, np.exp(f["log_prefactor"]) * grid ** f["exponent"], "--" if reading == "marginal"
                         else ":", color=color, lw=1)
             ok = absolute > 0
@@ -155,7 +157,7 @@ def figure(path: Path, families: dict) -> None:
     a1.set_yscale("log")
     a1.set_xlabel("N (parameters)")
     a1.set_ylabel("absolute coupling set size c (N^2 - 1)")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: the axes hold points everywhere
     a2.set_xscale("log")
     a2.set_ylim(0, 1.02)
     a2.set_xlabel("N (parameters)")
