@@ -34,7 +34,7 @@ from .observables.executor import LocalExecutor
 from .errors import UserFacingError
 from .storage.provenance import resolve_device
 from .observables.observation import Context, Observation
-from .progress import bar_off
+from .progress import ProgressLines, bar_off, lines_on
 from .storage.runlock import run_lock
 from .storage.store import RunStore, checkpoint_group
 from .util import torch_dtype
@@ -122,8 +122,10 @@ def checkpoint_pool(model, data, x: torch.Tensor, y: torch.Tensor, cfg: RunConfi
 
 
 def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: int, store: RunStore, group: str,
-                       executor: Executor, design: EntryDesign | None, progress: bool = False) -> list[Observation]:
-    """Every observable the measure config asks for, at one checkpoint's model, in registry order."""
+                       executor: Executor, design: EntryDesign | None, progress: bool = False,
+                       lines: ProgressLines | None = None) -> list[Observation]:
+    """Every observable the measure config asks for, at one checkpoint's model, in registry order;
+    `lines` gets one line per observable."""
     mcfg = cfg.measure
     op = executor.pool_hessian(model, ckpt, x, y, mcfg.dtype, mcfg.example_chunk,
                                mcfg.hvp_graph_budget_mb)  # in process or sharded
@@ -135,6 +137,8 @@ def measure_checkpoint(model, ckpt: dict, x, y, cfg: RunConfig, s: int, epoch: i
             t0 = time.perf_counter()
             obs = observable.measure(ctx)
             obs.scalars["seconds"] = time.perf_counter() - t0
+            if lines is not None:
+                lines.phase(f"epoch {epoch}: {name}", obs.scalars["seconds"])
             out.append(obs)
     return out
 
@@ -227,6 +231,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
         if tracker else contextlib.nullcontext()
     with ctx as mlrun:
         result.mlflow_run_id = mlrun.info.run_id if mlrun else None
+        lines = ProgressLines(f"measure {run_dir.name}", len(wanted), lines_on(progress))
         for epoch in tqdm(wanted, desc=f"measure {run_dir.name}", disable=bar_off(progress), unit="ckpt"):
             group = checkpoint_group(epoch)
             ckpt_path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
@@ -235,6 +240,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             if state.get("complete") and current_layout(state.get("measure_config")) == mconf \
                     and state.get("checkpoint_sha256") == digest:
                 result.scalars[epoch] = state.get("scalars", {})
+                lines.skip(f"epoch {epoch}")
                 continue
             t0 = time.perf_counter()
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # a bad file fails before the store is touched
@@ -246,7 +252,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             model = model_from_checkpoint(ckpt, dtype=dtype, device=device)
             px, py = checkpoint_pool(model, data, x, y, cfg)
             observations = measure_checkpoint(model, ckpt, px, py, cfg, s, epoch, store, group, executor, design,
-                                              progress)
+                                              progress, lines)
             metrics = {}
             for obs in observations:
                 obs.write(store, group)
@@ -256,6 +262,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             store.set_attrs({"scalars": metrics}, group=group)
             store.mark_complete(group)
             result.scalars[epoch] = metrics
+            lines.step(f"epoch {epoch} (checkpoint)", metrics["measure_seconds"])
             if tracker:
                 with tracker.run(group, tags={"epoch": epoch, "zarr_group": f"{store.path}/{group}"}, nested=True):
                     tracker.log_metrics(metrics, step=epoch)

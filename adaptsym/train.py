@@ -9,6 +9,7 @@ training set, and Omega = lr ||grad R||^2 (SPEC section 3, Fig 4b).
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .config import RunConfig, config_to_dict
 from .nets.data import Dataset, load_dataset
 from .nets.losses import hinge
 from .nets.models import BiasFreeNet
-from .progress import bar_off
+from .progress import ProgressLines, bar_off, lines_on
 from .storage.provenance import provenance, resolve_device
 from .storage.runlock import run_lock
 from .storage.store import RunStore
@@ -167,10 +168,14 @@ def _train(cfg: RunConfig, model_name: str, run_dir: Path, tracker, progress: bo
                 tracker.log_dataset(data.x_train, data.y_train, name=f"{cfg.data.name}-train", context="training")
         bar = tqdm(range(start_epoch, tcfg.epochs + 1), desc=f"train {model_name}", disable=bar_off(progress),
                    initial=start_epoch, total=tcfg.epochs + 1, unit="epoch")
+        lines = ProgressLines(f"train {model_name}", tcfg.epochs + 1 - start_epoch, lines_on(progress))
         for epoch in bar:
+            t0 = time.perf_counter()
             sgd_epoch(model, opt, data, tcfg.batch_size, cfg.seed, epoch)
             metrics = record_epoch(model, data, tcfg.lr, epoch, history, tracker)
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_acc']:.3f}")
+            lines.step(f"epoch {epoch} (loss {metrics['train_loss']:.4f}, acc {metrics['train_acc']:.3f})",
+                       time.perf_counter() - t0)
             if epoch in tcfg.checkpoints:
                 saved.append(save_checkpoint(ckpt_dir / checkpoint_name(epoch), payload(epoch)))
             save_checkpoint(ckpt_dir / LAST, payload(epoch))

@@ -15,6 +15,9 @@ from adaptsym.config import ConfigError, load_config
 from adaptsym.errors import UserFacingError
 
 
+QUIET_HELP = "no progress (default: bars on a terminal, else one line per epoch, checkpoint and phase)"
+
+
 def _models(cfg, chosen: str | None) -> list[str]:
     if chosen is None:
         return cfg.model_names()
@@ -63,6 +66,9 @@ def cmd_measure(args) -> int:
         if executor is not None:
             executor.close()
     print(f"measured {len(res.epochs)} checkpoint(s) of {run_dir}: zarr store {res.store_path}")
+    if tracker is not None and res.mlflow_run_id:
+        print(f"MLflow run {res.mlflow_run_id}: {tracker.run_url(res.mlflow_run_id)}  (open with {tracker.browse_hint()})")
+    print(f"next: adaptsym report --run {run_dir}  (figures, verdict and report.html)")
     return 0
 
 
@@ -110,11 +116,11 @@ def cmd_demo(args) -> int:
               f"held-out acc {h['test_acc'][-1]:.3f}")
         m = measure_run(res.run_dir, cfg=cfg, tracker=tracker, progress=not args.quiet)
         print(f"[{name}] zarr store:  {m.store_path}")
-        print(f"[{name}] MLflow runs: train {res.mlflow_run_id}, measure {m.mlflow_run_id}")
+        print(f"[{name}] MLflow runs: train {res.mlflow_run_id}, measure {tracker.run_url(m.mlflow_run_id)}")
         print(f"[{name}] report:      {_report(res.run_dir, tracker)}")
         for epoch, obs, why in skipped_statistics(RunStore.for_run(res.run_dir, mode="r")):
             print(f"[{name}] skipped at epoch {epoch}: {obs}: {why}")
-    print(f"MLflow tracking URI: {tracker.uri}  (browse with `make mlflow-ui`)")
+    print(f"MLflow tracking URI: {tracker.uri}  (browse with {tracker.browse_hint()})")
     return 0
 
 
@@ -220,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train and measure the demo config (what `make demo` runs)")
     d.add_argument("--config", default="configs/demo.yaml", help="run config, YAML (default configs/demo.yaml)")
     d.add_argument("--out", default="runs", help="root of the run directories and of mlflow.db (default runs)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
+    d.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train the models of a config (resumes an interrupted run)")
@@ -228,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs", help="root of the run directories and of mlflow.db (default runs)")
     t.add_argument("--model", default=None, help="one model of the config (default: all)")
     t.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (default: log)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
+    t.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     t.set_defaults(func=cmd_train)
 
     m = sub.add_parser("measure", help="measure the observables at a run's checkpoints")
@@ -236,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", default=None, help="config whose 'measure' section to use (default: the run's)")
     m.add_argument("--epochs", type=int, nargs="*", default=None, help="checkpoints to measure (default: all)")
     m.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (default: log)")
-    m.add_argument("--quiet", action="store_true", help="no progress bars (default: bars on a terminal)")
+    m.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     m.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the tiles on Ray actors: a local cluster (no ADDRESS) or HOST:PORT of a running one")
     m.add_argument("--actors", type=positive_int, default=None, help="actors (default: one per GPU, else CPUs / threads)")

@@ -366,3 +366,41 @@ def test_results_table_prints_the_training_history(trained, capsys):
     assert len(lines) == len(active) == 4  # epochs 0-3
     cells = lines[-1].strip("|").split("|")
     assert float(cells[2]) == pytest.approx(active[-1], abs=0.005) and float(cells[4]) == pytest.approx(acc[-1], abs=0.005)
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    """Without a terminal (Ray job logs, CI, nohup) train and measure print one line per epoch,
+    per observable and per checkpoint with the elapsed time and an ETA, then the MLflow run's
+    URL and the next command; `--quiet` prints none of them."""
+    import re
+
+    import yaml
+
+    cfg = tiny_config(epochs=2, checkpoints=(1, 2), name="lines")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    runs = tmp_path / "runs"
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert main(["train", "--config", str(path), "--out", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^train mlp: epoch \d \(loss [\d.]+, acc [\d.]+\) done in \d+ s \(\d/3; elapsed \d+ s",
+                          out, re.M)) == 3, out
+    assert "ETA" in out and "finished" in out
+    assert main(["measure", "--run", str(runs / "lines-mlp"), "--epochs", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    for epoch in (1, 2):
+        for name in cfg.measure.observables:
+            assert re.search(rf"^measure lines-mlp: epoch {epoch}: {name} done in \d+ s \(elapsed \d+ s\)$", out, re.M), \
+                (name, out)
+    assert re.search(r"^measure lines-mlp: epoch 1 \(checkpoint\) done in \d+ s \(1/2; elapsed \d+ s, ETA \d+ s\)$",
+                     out, re.M), out
+    assert re.search(r"^measure lines-mlp: epoch 2 \(checkpoint\) done in .* \(2/2; .*finished\)$", out, re.M), out
+    run_id = RunStore.for_run(runs / "lines-mlp", mode="r").attrs()["measure_mlflow_run_id"]
+    assert re.search(rf"^MLflow run {run_id}: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{run_id}\?workflowType="
+                     r"machine_learning  \(open with `make mlflow-ui`", out, re.M), out
+    assert f"next: adaptsym report --run {runs / 'lines-mlp'}" in out
+    assert main(["measure", "--run", str(runs / "lines-mlp"), "--epochs", "1", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "measure lines-mlp:" not in out and "measured 2 checkpoint(s)" in out
+    assert main(["measure", "--run", str(runs / "lines-mlp"), "--epochs", "1", "2"]) == 0
+    assert "epoch 1: already measured, kept (1/2)" in capsys.readouterr().out

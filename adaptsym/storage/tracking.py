@@ -127,6 +127,22 @@ class Tracker:
                 self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
             yield r
 
+    def run_url(self, run_id: str) -> str:
+        """Where a browser shows the run: on the tracking server, or on the UI that `make mlflow-ui`
+        serves for a local store (127.0.0.1:$MLFLOW_UI_PORT, default 5000), in the runs view."""
+        exp_id = self.mlflow.MlflowClient().get_run(run_id).info.experiment_id
+        if self.uri.startswith(("http://", "https://")):
+            base = self.uri.rstrip("/")
+        else:
+            base = f"http://127.0.0.1:{os.environ.get('MLFLOW_UI_PORT', '5000')}"
+        return f"{base}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
+
+    def browse_hint(self) -> str:
+        """How to open the UI on this store."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"the tracking server {self.uri}"
+        return f"`make mlflow-ui` (serves {self.uri})"
+
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(float(v))}
         if clean:
