@@ -208,11 +208,19 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
     if gone:
         log(f"scheduled checkpoints {gone} of {run_dir} are missing; `adaptsym train` with the run's config recreates "
             "them. Measuring the others.")
+    damaged = {}  # groups with a missing or corrupt chunk (`adaptsym verify`): recomputed whatever else
+    for epoch in wanted:
+        group = checkpoint_group(epoch)
+        faults = store.array_faults(group) if store.has_group(group) else []
+        if faults:
+            damaged[epoch] = faults
+            log(f"{group} of {run_dir} is damaged ({faults[0]}" + (f"; and {len(faults) - 1} more" if len(faults) > 1
+                else "") + "): recomputing this checkpoint from scratch")
     conflicts = []
     for epoch in wanted:  # before any group is touched
         group = checkpoint_group(epoch)
         state = store.attrs(group) if store.has_group(group) else {}
-        if not state.get("complete"):
+        if not state.get("complete") or epoch in damaged:  # a damaged group's results are lost already
             continue
         diff = _differences(current_layout(state.get("measure_config")), mconf)
         if state.get("checkpoint_sha256") != file_sha256(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"):
@@ -238,14 +246,15 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             digest = file_sha256(ckpt_path)
             state = store.attrs(group) if store.has_group(group) else {}
             if state.get("complete") and current_layout(state.get("measure_config")) == mconf \
-                    and state.get("checkpoint_sha256") == digest:
+                    and state.get("checkpoint_sha256") == digest and epoch not in damaged:
                 result.scalars[epoch] = state.get("scalars", {})
                 lines.skip(f"epoch {epoch}")
                 continue
             t0 = time.perf_counter()
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # a bad file fails before the store is touched
-            if current_layout(state.get("measure_config")) != mconf or state.get("checkpoint_sha256") != digest:
-                store.reset_group(group)  # stale or new: from scratch
+            if current_layout(state.get("measure_config")) != mconf or state.get("checkpoint_sha256") != digest \
+                    or epoch in damaged:
+                store.reset_group(group)  # stale, damaged or new: from scratch
             # else: an interrupted measurement of the same checkpoint and config: finished tiles are kept
             store.set_attrs({"epoch": epoch, "measure_config": mconf, "checkpoint_sha256": digest, "complete": False},
                             group=group)

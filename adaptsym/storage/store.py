@@ -231,12 +231,13 @@ class RunStore:
             else:
                 yield f"{prefix}{name}", node
 
-    def problems(self, unfinished_ok: Sequence[str] = ("h",)) -> list[str]:
-        """Every fault of the store, one line each: missing or corrupt chunks, arrays without checksums,
-        unfinished checkpoint groups. In an unfinished group, missing chunks of `unfinished_ok`
+    def array_faults(self, group: str | None = None, unfinished_ok: Sequence[str] = ("h",)) -> list[str]:
+        """Missing or corrupt chunks and arrays without checksums, in the whole store or in one
+        group, one line each. In an unfinished checkpoint group, missing chunks of `unfinished_ok`
         arrays are the tiles still to compute, not faults."""
         out = []
-        for path, node in self.arrays():
+        base = self.root[group] if group else None
+        for path, node in self.arrays(base, f"{group}/" if group else ""):
             name, top = path.split("/")[-1], path.split("/")[0]
             unfinished = top.startswith("epoch_") and not self.is_complete(top)
             if "Crc32cCodec" not in [type(c).__name__ for c in node.metadata.codecs]:
@@ -245,6 +246,11 @@ class RunStore:
             for fault in chunk_faults(self.path, node, touched_chunks(node)):
                 if not (skip_missing and "is missing" in fault):
                     out.append(f"{path}: {fault}")
+        return out
+
+    def problems(self, unfinished_ok: Sequence[str] = ("h",)) -> list[str]:
+        """Every fault of the store, one line each: `array_faults`, then unfinished checkpoint groups."""
+        out = self.array_faults(unfinished_ok=unfinished_ok)
         for g in self.checkpoint_groups():
             if not self.is_complete(g):
                 out.append(f"{g}: unfinished measurement (rerun `adaptsym measure` to finish it)")
