@@ -46,17 +46,34 @@ from adaptsym.storage.store import RunStore
 from adaptsym.util import torch_dtype
 
 
-def _best(fn, repeats: int = 2) -> float:
+REPEATS = 3  # samples per kernel, after one warm-up call
+
+
+def _elapsed(fn) -> float:
+    """Wall seconds of one call (the one place the sampler reads the clock)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t = time.perf_counter()
     fn()
-    best = math.inf
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
+    sync()
+    return time.perf_counter() - t
+
+
+class Samples:
+    """Each kernel timed `repeats` times after a warm-up call. The estimate is the fastest sample
+    (other work on a shared machine only ever adds time); `spread[name]` is its slowest over its
+    fastest, which `format_plan` reports and warns on."""
+
+    def __init__(self, repeats: int = REPEATS):
+        self.repeats = repeats
+        self.spread: dict[str, float] = {}
+
+    def best(self, name: str, fn, warm: bool = True, repeats: int | None = None) -> float:
+        if warm:
+            fn()
+        times = [_elapsed(fn) for _ in range(repeats or self.repeats)]
+        self.spread[name] = max(times) / max(min(times), 1e-12)
+        return min(times)
 
 
 def interpreter_rss_mb(extra: tuple[str, ...] = ()) -> float:
@@ -78,6 +95,9 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     examples), else on the batch sizes the job uses (small models, where per-call overhead counts)."""
 
     t_start = time.perf_counter()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    samples = Samples()
+    _best = samples.best
     old_threads = torch.get_num_threads()
     mc = cfg.measure
     dtype = torch_dtype(mc.dtype)
@@ -112,18 +132,18 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
         torch.clamp(1.0 - yc * model(xc), min=0).mean().backward()
     activation_bytes = counter.total / b
     sgd(b)  # warm: the probe below times a step, not the first call's allocations
-    probe = _best(lambda: sgd(b), 1)
+    probe = _best("sgd probe", lambda: sgd(b), warm=False)
     large = probe > cheap_s
     bt = b if large else min(cfg.train.batch_size, len(xs))
-    sgd_s = (probe if large else _best(lambda: sgd(bt))) / bt
+    sgd_s = (probe if large else _best("sgd", lambda: sgd(bt))) / bt
     be = b if large else min(1024, len(xs))  # evaluation and the epoch's full gradient use big chunks
     with torch.no_grad():
-        forward_s = _best(lambda: model(xs[:be])) / be
+        forward_s = _best("forward", lambda: model(xs[:be])) / be
 
     def full_grad():
         torch.autograd.grad(torch.clamp(1.0 - ys[:be] * model(xs[:be]), min=0).sum(), list(model.parameters()))
 
-    train_gradient_s = _best(full_grad) / be
+    train_gradient_s = _best("train gradient", full_grad) / be
     model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=dtype).to(device)
     px, py = select_pool(data.x_train.to(device, dtype), data.y_train.to(device, dtype), min(mc.pool_size,
                          len(data.x_train)), cfg.seed)
@@ -135,9 +155,9 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     yb = torch.where(model(xb).detach() >= 0, -1.0, 1.0).to(dtype)  # wrong side of 0: margin < 1
     want = set(mc.observables)  # kernels of observables the job does not measure are not timed (0)
     op = PoolHessian(model.plan, model.params(), xb, yb, method="fwd-rev")
-    gradient_s = _best(op.gradient) / b if "gradients" in want else 0.0
+    gradient_s = _best("pool gradient", op.gradient) / b if "gradients" in want else 0.0
     v = torch.randn(op.n_params, dtype=dtype, device=device)
-    hvp_fwdrev_s = _best(lambda: op.matvec(v)) / b if "spectrum" in want else 0.0
+    hvp_fwdrev_s = _best("hvp fwd-rev", lambda: op.matvec(v)) / b if "spectrum" in want else 0.0
     design = make_design(mc.hessian_entries.design, model.index, cfg.seed)
     ea = min(design.entry_chunk(mc.hessian_entries.column_chunk), design.n_entries)
     cols = max(1, mc.hessian_entries.column_chunk if design.kind == "block" else ea)
@@ -147,7 +167,7 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
     rss0 = peak()
     tile(b1)  # ru_maxrss only grows: the smaller tile first, then the larger one
     d1 = peak() - rss0
-    tile_s = _best(lambda: tile(b)) / (b * cols)
+    tile_s = _best("h tile", lambda: tile(b), warm=False) / (b * cols)
     d2 = peak() - rss0
     tile_peak_mb = max(d2 - d1, 0.0) / max(1, b - b1) if b > b1 else d2 / b
     tile_fixed_mb = max(0.0, d1 - tile_peak_mb * b1)
@@ -157,28 +177,29 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
         t0 = time.perf_counter()
         graph.matvec(v)
         build = time.perf_counter() - t0
-        hvp_graph_s = _best(lambda: graph.matvec(v)) / b
+        hvp_graph_s = _best("hvp graph", lambda: graph.matvec(v), warm=False) / b
         graph_bytes = graph.graph_bytes / b
         hvp_graph_s += build / b / max(1, mc.spectrum.steps * mc.spectrum.starts)  # the one build, spread
         del graph
     torch.set_num_threads(old_threads)
-    histogram_s = 2 * _best(lambda: measure_weights(model.params(), mc.histogram_bins), 1) \
+    histogram_s = 2 * _best("histograms", lambda: measure_weights(model.params(), mc.histogram_bins)) \
         if want & {"weights", "gradients"} else 0.0
     ce = max(1, min(2, mc.circuits.examples))
-    circuits_s = _best(lambda: measure_circuits(model.plan, model.params(), px[:ce], py[:ce], ce, mc.circuits.paths,
-                                                cfg.seed, 0), 1) * mc.circuits.examples / ce if "circuits" in want else 0.0
-    statistics_s = statistics_seconds(cfg, px, py, device) if "hessian_entries" in want else 0.0
+    circuits_s = _best("circuits", lambda: measure_circuits(model.plan, model.params(), px[:ce], py[:ce], ce, mc.circuits.paths,
+                                                cfg.seed, 0)) * mc.circuits.examples / ce if "circuits" in want else 0.0
+    statistics_s = statistics_seconds(cfg, px, py, device, samples) if "hessian_entries" in want else 0.0
     big = torch.randn(model.n_params, dtype=torch.float64)
-    vector_s = _best(lambda: (big * 1.0001).sum(), 3)
+    vector_s = _best("vector pass", lambda: (big * 1.0001).sum())
     n_train, n_test = sizes if sizes else (len(data.x_train), len(data.x_test))
     return Throughput(str(device), threads, model.n_params, torch.empty(0, dtype=dtype).element_size(), active,
                       sgd_s, forward_s, gradient_s, train_gradient_s, activation_bytes, hvp_graph_s, hvp_fwdrev_s,
                       graph_bytes, tile_s, tile_peak_mb, tile_fixed_mb, histogram_s, circuits_s, statistics_s, vector_s, data_s,
                       data_mb, n_train, n_test, interpreter_rss_mb(), interpreter_rss_mb(driver_modules),
-                      time.perf_counter() - t_start, note)
+                      time.perf_counter() - t_start, note, samples.spread, load, samples.repeats)
 
 
-def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                       samples: Samples | None = None) -> float:
     """The Hessian-entry statistics (`hessian_entries.analyse`: bootstrap, per-entry moments,
     correlations, co-moments, Mardia, zarr writes) run for real at the configured pool size and
     design, on a stand-in MLP (64-64 hidden units) over the flattened pool: their cost depends
@@ -199,9 +220,8 @@ def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device:
         ex = LocalExecutor(device)
         prepare(store, work)
         compute_h(store, work, ex, log=lambda *_: None)
-        t0 = time.perf_counter()
-        analyse(store, work, ex, model.n_params)
-        return time.perf_counter() - t0
+        samples = samples or Samples()  # two samples: the slowest sampled kernel (analyse rewrites its arrays)
+        return samples.best("statistics", lambda: analyse(store, work, ex, model.n_params), warm=False, repeats=2)
 
 
 def run_active_fractions(run_dir, cfg: RunConfig, device: torch.device) -> list[float]:

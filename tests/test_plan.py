@@ -70,3 +70,31 @@ def test_plan_refuses_what_does_not_fit_and_absent_devices(monkeypatch):
     with pytest.raises(PlanError, match="cpu:2 or cuda:8"):
         parse_devices("tpu:1")
     assert parse_devices("cpu:2") == ("cpu", 2)
+
+
+def test_plan_survives_an_injected_slow_sample(monkeypatch):
+    """Every third timed call is made 10x slower (another job grabbing the cores for a moment):
+    the prediction stays within 2x of the undisturbed one, and the plan warns, naming kernels."""
+    import jobs.plan_sampler as ps
+    from adaptsym.planning.cost import format_plan, sampling_warnings
+
+    cfg = small_demo()
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    quiet = measure_throughput(cfg, "cnn", cpu, threads)
+    real, calls = ps._elapsed, [0]
+
+    def sometimes_slow(fn):
+        calls[0] += 1
+        return real(fn) * (10.0 if calls[0] % 3 == 0 else 1.0)
+
+    monkeypatch.setattr(ps, "_elapsed", sometimes_slow)
+    noisy = measure_throughput(cfg, "cnn", cpu, threads)
+    assert calls[0] > 20 and noisy.repeats == 3
+    a, b = (predict(cfg, t, "cpu", threads, None).total_seconds for t in (quiet, noisy))
+    assert 0.5 <= b / a <= 2.0, (a, b)
+    assert max(noisy.spread.values()) > 5  # the injected samples are seen in the spread
+    warnings = sampling_warnings(noisy)
+    assert warnings and "disagree" in warnings[0] and "busy" in warnings[0]
+    text = format_plan(predict(cfg, noisy, "cpu", threads, None), noisy)
+    assert "  warning: the samples of" in text and "samples: 3 per kernel, the fastest used" in text

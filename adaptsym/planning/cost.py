@@ -21,6 +21,7 @@ measurement whose counted arrays alone exceed the available memory.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -81,6 +82,29 @@ class Throughput:
     driver_base_rss_mb: float  # the driver: the same plus `driver_modules` (MLflow, Ray)
     seconds: float = 0.0  # how long the measurement took
     note: str = ""  # e.g. a stand-in data set
+    spread: dict = field(default_factory=dict)  # per kernel: slowest sample / fastest (the fastest is used)
+    load: float = float("nan")  # the 1-minute load average when sampling began
+    repeats: int = 0  # samples per kernel
+
+
+# A kernel whose slowest sample took more than this times its fastest: the machine was busy.
+SPREAD_WARN = 1.5
+
+
+def sampling_warnings(tp: Throughput) -> list[str]:
+    """What says the throughput samples are not to be trusted: samples that disagree, a loaded machine."""
+    out = []
+    bad = sorted(((v, k) for k, v in tp.spread.items() if v > SPREAD_WARN), reverse=True)
+    if bad:
+        out.append(f"the samples of {len(bad)} kernel(s) disagree (slowest / fastest: "
+                   + ", ".join(f"{k} {v:.1f}x" for v, k in bad[:4]) + (", ..." if len(bad) > 4 else "")
+                   + "): the machine was busy while sampling. The plan uses each kernel's fastest sample; "
+                   "rerun `adaptsym plan` when the machine is idle to confirm it")
+    cores = os.cpu_count() or 1
+    if tp.load == tp.load and tp.load > cores:
+        out.append(f"the load average was {tp.load:.1f} on {cores} core(s) when sampling began: other work "
+                   "competes for the cores, and a busy machine slows the job itself as much as the samples")
+    return out
 
 
 @dataclass
@@ -236,6 +260,10 @@ def format_plan(plan: Plan, tp: Throughput) -> str:
     lines = [f"plan for {plan.config} on {plan.devices}"
              + (f" with {plan.actors} actor(s)" if "actor" in plan.peak_rss_mb else " (in process)")
              + f" [throughputs measured in {tp.seconds:.0f} s on {tp.device}, {tp.threads} thread(s) per worker]"]
+    if tp.spread:
+        k = max(tp.spread, key=tp.spread.get)
+        lines.append(f"  samples: {tp.repeats} per kernel, the fastest used; largest spread {tp.spread[k]:.2f}x ({k})")
+    lines += [f"  warning: {w}" for w in sampling_warnings(tp)]
     for k, v in plan.seconds.items():
         lines.append(f"  {k:<28} {v:>10.1f} s")
     lines.append(f"  {'total':<28} {plan.total_seconds:>10.1f} s  ({plan.total_seconds / 60:.1f} min)")
@@ -246,5 +274,5 @@ def format_plan(plan: Plan, tp: Throughput) -> str:
 
 
 def plan_json(plan: Plan, tp: Throughput) -> str:
-    return json.dumps({"plan": {**asdict(plan), "total_seconds": plan.total_seconds}, "throughput": asdict(tp)},
-                      indent=2)
+    return json.dumps({"plan": {**asdict(plan), "total_seconds": plan.total_seconds}, "throughput": asdict(tp),
+                       "warnings": sampling_warnings(tp)}, indent=2)
