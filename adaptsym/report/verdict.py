@@ -21,8 +21,9 @@ entry resamples for the coupling size; `hessian_entries`), the regime we measure
   sqrt(p / (1 - p)) whatever its values, so when that bound alone puts at least 95% of the
   entries below the cut, or the claim holds only thanks to the entries it forces, the fraction
   says which examples are active, not how entries are distributed;
-- *untested in this regime*: another network or data set, or a statistic that the pool cannot
-  test (too few active examples). The comparison at face value is still given.
+- *other regime*: another network or data set than the paper's; the comparison at face value is
+  still given, with its reasons;
+- *untested*: a statistic that the pool cannot test (too few active examples).
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def judge(scalars: dict, config: dict, model_name: str, epoch: int) -> list[Verd
                             face, face, why, paper_definition=reading == "marginal"))
     for r in rows:
         if r.face_value not in ("untested", FORCED) and not paper_regime:
-            r.verdict = "untested in this regime"
+            r.verdict = "other regime"
             r.why = f"{r.why}; not the paper's regime ({PAPER_REGIME})"
     return rows
 
