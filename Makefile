@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install mlflow-ui mlflow-server ray-head ray-stop bench gpu-check paper-cpu effective-model signal-propagation clean
+.PHONY: demo test install ui-check mlflow-ui mlflow-server ray-head ray-stop bench gpu-check paper-cpu effective-model signal-propagation clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,15 +44,24 @@ effective-model: $(STAMP)
 signal-propagation: $(STAMP)
 	$(BIN)/python -m jobs.signal_propagation --out runs
 
-# Opens the local MLflow store that `make demo` writes (runs/mlflow.db), on 127.0.0.1 only.
-# One worker process (MLflow's default is 4): on 2 idle cores it answers /health in 10 s instead of 14 s.
+# Opens the local MLflow store that `make demo` writes (RUNS/mlflow.db), on 127.0.0.1 only, on the
+# runs table (the `adaptsym-runs` app: adaptsym/storage/mlflow_ui.py). One worker process (MLflow's
+# default is 4): on 2 idle cores it answers /health in 10 s instead of 14 s.
+RUNS ?= runs
+MLFLOW_UI_PORT ?= 5000
 MLFLOW_UI_WORKERS ?= 1
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000 --workers $(MLFLOW_UI_WORKERS)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUNS))/mlflow.db --host 127.0.0.1 \
+	  --port $(MLFLOW_UI_PORT) --workers $(MLFLOW_UI_WORKERS) --app-name adaptsym-runs
+
+# MLflow's UI on the demo's store in headless Chromium: it opens on the runs table (screenshots in
+# docs/, the DOM asserted, plain `mlflow ui` as the control that must fail), and the demo's report.
+ui-check: $(STAMP)
+	$(BIN)/python -m jobs.ui_check --runs $(RUNS) --out docs --control --report $(RUNS)/demo-cnn/report/report.html
 
 # A local MLflow tracking server (sqlite + artifacts in runs/mlflow-server), on 127.0.0.1:5000.
 mlflow-server: $(STAMP)
-	MLFLOW_BIN=$(BIN)/mlflow bash infra/mlflow/server.sh
+	MLFLOW_BIN=$(BIN)/mlflow MLFLOW_APP_NAME=adaptsym-runs bash infra/mlflow/server.sh
 
 # A local Ray head with token auth on 127.0.0.1 (Jobs API on :8265); jobs run with this venv's python.
 # A token is generated on first use (~/.ray/auth_token, user-only); see docs/distributed.md for clients.
@@ -70,8 +79,10 @@ RAY_FIXED_PORTS := --node-manager-port 6380 --object-manager-port 6381 --metrics
   --dashboard-agent-grpc-port 6383 --dashboard-agent-listen-port 6384 --runtime-env-agent-port 6385 \
   --ray-client-server-port 6386 --min-worker-port 6400 --max-worker-port 6499
 
+# Stops every Ray process of this user; prints Ray's summary, not each process's command line.
 ray-stop:
-	RAY_AUTH_MODE=token $(BIN)/ray stop
+	@out=$$(RAY_AUTH_MODE=token $(BIN)/ray stop 2>&1); rc=$$?; \
+	  printf '%s\n' "$$out" | grep -v "Send termination request" | tail -n 2; exit $$rc
 
 clean:
 	rm -rf runs .pytest_cache

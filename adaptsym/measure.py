@@ -273,7 +273,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             result.scalars[epoch] = metrics
             lines.step(f"epoch {epoch} (checkpoint)", metrics["measure_seconds"])
             if tracker:
-                with tracker.run(group, tags={"epoch": epoch, "zarr_group": f"{store.path}/{group}"}, nested=True):
+                with tracker.run(group, tags={"epoch": epoch, "zarr_group": f"{store.path.resolve()}/{group}"}, nested=True):
                     tracker.log_metrics(metrics, step=epoch)
                 tracker.log_metrics(metrics, step=epoch)
         if tracker:

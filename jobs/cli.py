@@ -317,13 +317,46 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class Terminated(BaseException):
+    """SIGTERM (`kill`, `ray job stop`, a scheduler's preemption), raised in the main thread so that
+    every `finally` runs: the run lock is released and finished work stays as it is."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+KEPT = ("finished work is kept (checkpoints, finished measurements and h tiles; a chunk cut short is "
+        "found and recomputed): rerun the same command to resume")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import errno
+    import signal
+    import threading
+
     args = parse(list(sys.argv[1:] if argv is None else argv))
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except UserFacingError as exc:
         print(f"adaptsym: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"adaptsym: stopped by SIGTERM; {KEPT}", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else (f" under {args.run}" if getattr(args, "run", None)
+                                                                 else "")
+        print(f"adaptsym: error: no space left on the device{where}; free space, then {KEPT}", file=sys.stderr)
+        return 2
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

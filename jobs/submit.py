@@ -42,7 +42,9 @@ def submit(job: str, job_args: list[str], address: str, working_dir: str = ".", 
 
     from services.cluster import check_reachable
 
-    check_reachable(address.split("://", 1)[-1].split("/")[0])
+    check_reachable(address.split("://", 1)[-1].split("/")[0],
+                    hint="start a head with `make ray-head` (its Jobs API answers on 127.0.0.1:8265), or pass "
+                         "--address of a running cluster's Jobs API")
     client = JobSubmissionClient(address)
     job_id = f"adaptsym-{job}-{uuid.uuid4().hex[:10]}"
     env = {"RAY_AUTH_MODE": "token", "ADAPTSYM_RAY_JOB_ID": job_id}

@@ -27,16 +27,17 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def check_reachable(address: str, timeout: float = 3.0) -> None:
+def check_reachable(address: str, timeout: float = 3.0, hint: str | None = None) -> None:
+    """The address answers a TCP connection within `timeout`; else a ClusterError ending in `hint`
+    (default: how to start a head, or to let `measure --ray` start a local cluster)."""
     host, port = _host_port(address)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
         raise ClusterError(
-            f"no Ray cluster answers at {address} ({exc.strerror or exc}) within {timeout:.0f} s; start one with "
-            "`RAY_AUTH_MODE=token ray start --head --node-ip-address 127.0.0.1`, or use --ray without an address "
-            "for a local cluster") from None
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}) within {timeout:.0f} s; "
+            + (hint or "start one with `make ray-head`, or use --ray without an address for a local cluster")) from None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> dict:

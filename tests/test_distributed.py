@@ -200,7 +200,12 @@ def test_unreachable_address_fails_fast(tmp_path):
                            "127.0.0.1:9"], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
     assert time.monotonic() - t0 < 30
     err = proc.stderr.decode()
-    assert proc.returncode == 2 and "127.0.0.1:9" in err and "ray start --head" in err
+    assert proc.returncode == 2 and "127.0.0.1:9" in err and "make ray-head" in err
+    # submit names the Jobs API and its own option, not measure's --ray
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "submit", "--address", "http://127.0.0.1:9", "measure",
+                           "--", "--run", str(tmp_path)], env=ENV, cwd=ROOT, capture_output=True, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "127.0.0.1:9" in err and "--address" in err and "--ray" not in err, err
 
 
 def test_science_package_never_imports_ray():

@@ -269,3 +269,58 @@ def test_measure_repairs_what_verify_finds(measured_every_observable, observable
     assert changed == [], changed  # deterministic: the recomputed group is bitwise the original
     # and the other checkpoints were kept, not recomputed: their groups' attributes are untouched
     assert RunStore.for_run(run_dir, mode="r").attrs("epoch_0000")["scalars"] == store.attrs("epoch_0000")["scalars"]
+
+
+def test_sigterm_mid_measure_says_so_and_the_rerun_resumes_bitwise(run):
+    """SIGTERM in the middle of `adaptsym measure` (as `kill` or `ray job stop` sends it): one line
+    saying finished work is kept, exit 143, the lock released; the rerun finishes, `verify` is
+    clean, and every chunk is bitwise what an uninterrupted measurement wrote."""
+    import signal
+    import subprocess
+    import sys
+
+    _, run_dir = run
+    before = snapshot(run_dir)
+    store = RunStore.for_run(run_dir)
+    for g in ("epoch_0001", "epoch_0003"):
+        store.reset_group(g)
+    cmd = [sys.executable, "-m", "jobs.cli", "measure", "--run", str(run_dir), "--no-mlflow"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # no terminal: one line per phase
+        if "epoch 1: weights done" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("adaptsym: stopped by SIGTERM; finished work is kept")
+    assert "Traceback" not in err
+    assert not RunStore.for_run(run_dir, mode="r").is_complete("epoch_0003")
+    done = subprocess.run(cmd + ["--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # the lock was released
+    assert verify_run(run_dir)[0] == []
+    after = snapshot(run_dir)
+    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before)
+
+
+def test_disk_full_is_one_line_naming_the_path(run, monkeypatch, capsys):
+    """ENOSPC while a measurement writes (injected at the store's attribute write): one line naming
+    the file, saying finished work is kept; no traceback."""
+    import errno
+
+    _, run_dir = run
+    RunStore.for_run(run_dir).reset_group("epoch_0003")
+    real = RunStore.set_attrs
+
+    def full(self, attrs, group=None):
+        if group == "epoch_0003" and "scalars" in attrs:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "epoch_0003" / "zarr.json"))
+        return real(self, attrs, group)
+
+    monkeypatch.setattr(RunStore, "set_attrs", full)
+    assert main(["measure", "--run", str(run_dir), "--no-mlflow", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adaptsym: error: no space left on the device writing ") \
+        and "epoch_0003/zarr.json" in err[0] and "finished work is kept" in err[0] and "rerun" in err[0]
+    monkeypatch.setattr(RunStore, "set_attrs", real)
+    assert main(["measure", "--run", str(run_dir), "--no-mlflow", "--quiet"]) == 0
+    assert verify_run(run_dir)[0] == []

@@ -41,6 +41,9 @@ def test_every_figure_renders_from_the_store(measured, tmp_path):
         assert f"drawn by <code>{where}</code>" in text and where.startswith("adaptsym.")
     assert "hessian_entries.marginal.z_fraction" in text and "hessian_entries.active.z_forced_fraction" in text
     assert "given activity" in text and "forced by sparsity" in text
+    last = max(rep.verdicts)
+    assert f"Regime of the last checkpoint: {rep.verdicts[last][0].regime}" in text and \
+        f"epoch {last}," in rep.verdicts[last][0].regime
 
 
 def test_missing_arrays_skip_only_their_figure(measured, tmp_path):
@@ -95,3 +98,12 @@ def test_skip_reasons_and_glossary_in_the_report(measured, tmp_path):
     shown = set(re.findall(r"<tr><td>([a-z_.]+)</td>", html))
     assert shown and all(k.split(".")[-1] in GLOSSARY for k in shown if "." in k)
     assert "3.39e-4" in html and "Glossary" in html
+
+
+def test_report_of_an_unmeasured_run_says_to_measure_first(tmp_path, capsys):
+    cfg = tiny_config(epochs=1, checkpoints=(1,), name="unmeasured")
+    res = train(cfg, "mlp", tmp_path, progress=False)
+    assert main(["report", str(res.run_dir), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"run `adaptsym measure --run {res.run_dir}` first" in err[0] and "1 checkpoint" in err[0]
+    assert not (res.run_dir / "report" / "report.html").exists()

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from ..observables.plotting import MissingData, Reader  # noqa: E402
 from ..registry import Figure, observables  # noqa: E402
+from ..errors import UserFacingError  # noqa: E402
 from ..storage.store import RunStore  # noqa: E402
 from ..util import save_figure  # noqa: E402
 from .verdict import READING_LABEL, judge  # noqa: E402
@@ -208,7 +209,7 @@ def _verdict_table(verdicts: dict[int, list]) -> str:
                         f"<td>{html.escape(v.paper)}</td><td>{ours}</td><td>{forced}</td>"
                         f"<td><b>{html.escape(v.verdict)}</b></td><td>{html.escape(v.face_value)}</td>"
                         f"<td>{html.escape(v.why)}</td></tr>")
-    regime = next((v.regime for vs in verdicts.values() for v in vs), "")
+    regime = next((v.regime for v in verdicts[max(verdicts)]), "")
     return (f"<p>Regime of the last checkpoint: {html.escape(regime)}. The two readings (docs/statistics.md): "
             "<i>marginal</i>, over the whole measurement pool, and <i>given activity</i>, over the pool examples "
             "with hinge margin below 1.</p><table>" + head + "".join(rows) + "</table>")
@@ -222,9 +223,17 @@ def _skipped_list(store: RunStore) -> str:
         f"<li class='skip'>epoch {e}, {html.escape(obs)}: {html.escape(why)}</li>" for e, obs, why in rows) + "</ul>")
 
 
+class NothingMeasuredError(UserFacingError, ValueError):
+    """A run with no finished measurement: nothing to report yet."""
+
+
 def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=print) -> Report:
     run_dir = Path(run_dir)
     store = RunStore.for_run(run_dir, mode="r")
+    if not any(store.is_complete(g) for g in store.checkpoint_groups()):
+        raise NothingMeasuredError(f"{run_dir} has no finished measurement to report (it is trained: "
+                                   f"{len(list((run_dir / 'checkpoints').glob('epoch_*.pt')))} checkpoint(s)); "
+                                   f"run `adaptsym measure --run {run_dir}` first")
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     r = Reader(store)

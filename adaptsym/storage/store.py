@@ -225,7 +225,7 @@ class RunStore:
 
     def arrays(self, group=None, prefix: str = ""):
         """(path, array) of every array in the store, depth first."""
-        for name, node in sorted((group or self.root).members()):
+        for name, node in sorted((self.root if group is None else group).members()):
             if isinstance(node, zarr.Group):
                 yield from self.arrays(node, f"{prefix}{name}/")
             else:
