@@ -107,3 +107,75 @@ def test_report_of_an_unmeasured_run_says_to_measure_first(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"run `adaptsym measure --run {res.run_dir}` first" in err[0] and "1 checkpoint" in err[0]
     assert not (res.run_dir / "report" / "report.html").exists()
+
+
+def test_every_figure_is_fit_to_publish(measured):
+    """matplotlib's renderer after layout: no text past the canvas, no legend on a title or on data,
+    every axis and colour bar labelled, integer epoch ticks, no log axis dragged by a zero.
+    Mutations: a long title, a legend over the data, a missing label, a zero on a log axis."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from adaptsym.observables.plotting import Reader
+    from adaptsym.report.layout import layout_problems
+    from adaptsym.report.render import draw
+    from adaptsym.storage.store import RunStore
+
+    store = RunStore.for_run(measured, mode="r")
+    r = Reader(store)
+    drawn = 0
+    for spec, _ in figures(store):
+        fig = draw(spec, r)
+        assert layout_problems(fig) == [], spec.name
+        plt.close(fig)
+        drawn += 1
+    assert drawn == 10
+    spec = next(s for s, _ in figures(store) if s.name == "fig7c_coupling")
+    fig = draw(spec, r)
+    fig.suptitle("Fig 7c: " + "a title far too long for its canvas, " * 6)
+    assert any("extends past the canvas" in p for p in layout_problems(fig))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(constrained_layout=True)
+    ax.plot(np.arange(10), np.ones(10), label="flat line through the middle")
+    ax.set(xlabel="epoch", ylabel="y", ylim=(0, 2))
+    assert layout_problems(fig) == []
+    ax.legend(loc="center")
+    assert any("covers" in p for p in layout_problems(fig))
+    ax.get_legend().remove()
+    ax.set_ylabel("")
+    assert any("no y label" in p for p in layout_problems(fig))
+    ax.set_ylabel("y")
+    ax.set_xlim(0, 2.5)
+    assert any("epoch ticks between integers" in p for p in layout_problems(fig))
+    plt.close(fig)
+    fig, ax = plt.subplots(constrained_layout=True)
+    ax.semilogy(np.arange(3), [1e-3, 1.0, 2.0])
+    ax.set(xlabel="x", ylabel="y")
+    assert layout_problems(fig) == []
+    ax.semilogy(np.arange(3), [1e-31, 1.0, 2.0])  # a zero floored at 1e-31 drags the axis
+    assert any("log axis spans" in p for p in layout_problems(fig))
+    plt.close(fig)
+
+
+def test_fig4b_marks_an_exact_zero_apart_instead_of_dragging_its_log_axis():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from adaptsym.observables.gradients import fig4b
+    from adaptsym.report.layout import layout_problems
+
+    class History:  # the two training series fig4b reads, one Omega exactly 0
+        def training(self, name):
+            ep = np.arange(6)
+            return ep, (np.array([3.0, 0.1, 0.02, 0.0, 0.004, 0.001]) if name == "omega" else np.linspace(1, 0.1, 6))
+
+    fig = plt.figure(figsize=(7, 4), constrained_layout=True)
+    fig4b(History(), fig)
+    assert layout_problems(fig) == []
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert np.log10(hi / lo) < 5  # the axis spans the data, not 1e-30
+    marked = [ln for ln in ax.get_lines() if "exactly" in ln.get_label()]
+    assert len(marked) == 1 and list(marked[0].get_xdata()) == [3]
+    plt.close(fig)

@@ -259,10 +259,13 @@ def fig3b(r: Reader, fig):
             for e, v, col in pair:
                 nz = v[v != 0]
                 ax.hist(np.sign(nz) * np.log10(1 + np.abs(nz) / scale), bins=60, density=nz.size > 0,
-                        histtype="step", color=col, label=f"epoch {e} ({nz.size}/{v.size} non-zero)")
+                        histtype="step", color=col, label=f"epoch {e}")
             ax.set_xlabel(f"sign(v) log10(1 + |v| / {scale:.0e})", fontsize=7)
-            ax.set_title(f"{mode}, {order}", fontsize=8)
-            ax.legend(fontsize=6)
+            counts = " / ".join(str(int((v != 0).sum())) for _, v, _ in pair)
+            ax.set_title(f"{mode}, {order}: {counts} of {pair[0][1].size} non-zero", fontsize=8)
+            ax.set_ylabel("density of paths", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle("Fig 3b: basis-circuit values, orders 0-2 (uniform and active-gate paths)")
 
 

@@ -49,7 +49,7 @@ def fig4a(r: Reader, fig):
     L = hists[0].shape[0]
     axes = fig.subplots(1, L, squeeze=False)[0]
     for li, ax in enumerate(axes):
-        ridgeline(ax, centers, [h[li][1:-1].astype(float) for h in hists], eps, "symlog gradient")
+        ridgeline(ax, centers, [h[li][1:-1].astype(float) for h in hists], eps, "sign(g) log10(1 + |g| / 1e-12)")
         ax.set_title(f"layer {li}", fontsize=8)
     fig.suptitle("Fig 4a: gradient distributions per layer over epochs")
 
@@ -58,13 +58,19 @@ def fig4b(r: Reader, fig):
     ep, omega = r.training("omega")
     _, loss = r.training("train_loss")
     ax = fig.subplots()
-    ax.semilogy(ep, np.maximum(omega, 1e-30), "o-", label="Omega = lr ||grad R||^2")
+    ep, omega = np.asarray(ep), np.asarray(omega, dtype=float)
+    pos = omega > 0
+    ax.semilogy(ep[pos], omega[pos], "o-", label=r"$\Omega$ = lr $\|\nabla R\|^2$")
+    if (~pos).any():  # an exact zero has no place on a log axis: marked apart, along the top edge
+        ax.plot(ep[~pos], np.full((~pos).sum(), 0.96), "v", color="tab:blue", mfc="none",
+                transform=ax.get_xaxis_transform(), label=r"$\Omega$ = 0 exactly (marked at the top)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("Omega")
+    ax.set_ylabel(r"$\Omega$ (loss units per step)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax2 = ax.twinx()
     ax2.plot(ep, loss, "s--", color="tab:red", label="train hinge loss")
-    ax2.set_ylabel("loss")
-    fig.legend(loc="upper right", fontsize=8)
+    ax2.set_ylabel("train hinge loss")
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle("Fig 4b: plasticity order parameter and loss")
 
 

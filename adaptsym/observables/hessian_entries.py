@@ -512,7 +512,9 @@ def fig6bc(r: Reader, fig):
     for ax, e, m, tag in zip(axes, [eps[0], eps[-1]], [subs[0], subs[-1]], ["6b", "6c"]):
         im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_title(f"Fig {tag}: epoch {e}", fontsize=9)
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
+        ax.set_xlabel("sampled entry (index in the design)")
+        ax.set_ylabel("sampled entry (index in the design)")
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="bootstrap correlation rho")
     fig.suptitle("Correlation submatrices of Hessian entries (bootstrap)")
 
 
@@ -531,7 +533,7 @@ def fig7ab(r: Reader, fig):
                      histtype="step", color=col, ls="--")
     ax1.set_xlabel("z = mean / std at the minibatch size (solid: marginal; dashed: given activity)")
     ax1.set_ylabel("density of entries")
-    ax1.legend(fontsize=6)
+    ax1.legend(fontsize=6, loc="upper left", bbox_to_anchor=(-0.02, -0.12), ncol=4, frameon=False)  # below
     ax1.set_title("Fig 7a: normalised means", fontsize=9)
     lines = [("marginal.z_fraction_exact", "o-", "marginal, at s (the paper's definition)"),
              ("active.z_fraction_exact", "o--", "given activity, at s"),
@@ -562,7 +564,7 @@ def fig7ab(r: Reader, fig):
     ax2.set_xlabel("epoch")
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_ylabel("fraction of entries with |z| < cut")
-    ax2.legend(fontsize=6)
+    ax2.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, off the data
     ax2.set_title("Fig 7b: fraction |z| < cut (band: 95% interval over resamples of the examples)", fontsize=9)
 
 
@@ -612,5 +614,5 @@ def fig7c(r: Reader, fig):
 
 # The registration (`adaptsym.registry`): name, measure function, settings section, report figures.
 OBSERVABLE = Observable("hessian_entries", measure, settings=HessianEntriesSpec, figures=(Figure("fig6a_entries", fig6a, (12, 4)), Figure("fig6bc_correlations", fig6bc, (10, 4.5)),
-                     Figure("fig7ab_normalised_means", fig7ab, (12, 4.5)), Figure("fig7c_coupling", fig7c, (9, 4.5))),
+                     Figure("fig7ab_normalised_means", fig7ab, (14, 5)), Figure("fig7c_coupling", fig7c, (9, 4.5))),
                         default=True, order=30)

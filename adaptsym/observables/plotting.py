@@ -75,11 +75,13 @@ def colors(n):
 
 
 def ridgeline(ax, centers, curves, epochs, xlabel):
+    """One filled density per epoch, stacked upwards (first epoch at the bottom), each scaled to its
+    peak; the y axis is labelled with the epochs."""
     for i, (c, e, col) in enumerate(zip(curves, epochs, colors(len(curves)))):
         c = c / c.max() if c.max() > 0 else c
         ax.fill_between(centers, i, i + 0.9 * c, color=col, alpha=0.7, lw=0.5)
-        ax.text(centers[0], i + 0.1, str(e), fontsize=7, va="bottom")
-    ax.set_yticks([])
+    ax.set_yticks(range(len(curves)), [str(e) for e in epochs], fontsize=7)
+    ax.set_ylabel("epoch (density / its peak)", fontsize=8)
     ax.set_xlabel(xlabel)
 
 

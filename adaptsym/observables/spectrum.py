@@ -312,13 +312,14 @@ def fig8a(r: Reader, fig):
     edge = max(np.abs(symlog(n[w > 0], scale)).max() for _, n, w in live) * 1.05
     u = np.linspace(-edge, edge, 600)
     ax = fig.subplots()
+    floor = 1e-6  # of each curve's peak: below it the smoothed density is not drawn (the line breaks)
     for (e, n, w), col in zip(live, colors(len(live))):
         d = smoothed_density(symlog(n, scale), w, u, 0.01 * 2 * edge)
-        ax.semilogy(u, np.maximum(d, 1e-6), color=col, label=f"epoch {e}")
+        ax.semilogy(u, np.where(d > floor * d.max(), d, np.nan), color=col, label=f"epoch {e}")
     dead = sorted(set(eps) - {e for e, _, _ in live})
-    ax.set_xlabel(f"sign(l) log10(1 + |l| / {scale:.2g})")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=6, title=f"H = 0 at epochs {dead}" if dead else None, title_fontsize=6)
+    ax.set_xlabel(rf"sign($\lambda$) log$_{{10}}$(1 + |$\lambda$| / {scale:.2g}),  $\lambda$: Hessian eigenvalue")
+    ax.set_ylabel(f"density (not drawn below {floor:g} of its peak)")
+    ax.legend(fontsize=6, title=f"H = 0 at epochs {dead}" if dead else None, title_fontsize=6, loc="best")
     fig.suptitle("Fig 8a: Hessian eigenvalue density (stochastic Lanczos quadrature)")
 
 

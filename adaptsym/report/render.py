@@ -70,12 +70,15 @@ def fig8b(r: Reader, fig):
     ax1.plot(ep, tl, label="train")
     ax1.plot(ep, vl, label="held-out")
     ax1.set_title("hinge loss", fontsize=9)
+    ax1.set_ylabel("mean hinge loss")
     ax2.plot(ep, ta, label="train")
     ax2.plot(ep, va, label="held-out")
     ax2.set_title("accuracy", fontsize=9)
+    ax2.set_ylabel("fraction classified correctly")
     for a in (ax1, ax2):
         a.set_xlabel("epoch")
-        a.legend(fontsize=8)
+        a.xaxis.get_major_locator().set_params(integer=True)
+        a.legend(fontsize=8, loc="best")
     fig.suptitle("Fig 8b: loss and accuracy")
 
 
@@ -223,6 +226,17 @@ def _skipped_list(store: RunStore) -> str:
         f"<li class='skip'>epoch {e}, {html.escape(obs)}: {html.escape(why)}</li>" for e, obs, why in rows) + "</ul>")
 
 
+def draw(spec: Figure, r: Reader):
+    """One registered figure drawn from the store (`MissingData` when an array it needs is absent)."""
+    fig = plt.figure(figsize=spec.size, constrained_layout=True)
+    try:
+        spec.draw(r, fig)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
 class NothingMeasuredError(UserFacingError, ValueError):
     """A run with no finished measurement: nothing to report yet."""
 
@@ -240,12 +254,10 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None, log=pr
     rep = Report(out, out / "report.html")
     parts = []
     for fig_spec, where in figures(store):
-        name, fn, size = fig_spec.name, fig_spec.draw, fig_spec.size
-        fig = plt.figure(figsize=size, constrained_layout=True)
+        name = fig_spec.name
         try:
-            fn(r, fig)
+            fig = draw(fig_spec, r)
         except MissingData as exc:
-            plt.close(fig)
             rep.skipped[name] = f"missing {exc.args[0]}"
             log(f"report: skipped {name}: missing {exc.args[0]}")
             parts.append(f"<h2>{name}</h2><p class='skip'>skipped: missing {html.escape(exc.args[0])}</p>")
