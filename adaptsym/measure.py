@@ -208,10 +208,12 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
     if gone:
         log(f"scheduled checkpoints {gone} of {run_dir} are missing; `adaptsym train` with the run's config recreates "
             "them. Measuring the others.")
-    damaged = {}  # groups with a missing or corrupt chunk (`adaptsym verify`): recomputed whatever else
+    damaged = {}  # finished groups with a missing or corrupt chunk (`adaptsym verify`): recomputed
     for epoch in wanted:
         group = checkpoint_group(epoch)
-        faults = store.array_faults(group) if store.has_group(group) else []
+        # a finished group only: an unfinished one resumes tile by tile (a corrupt h tile is recomputed,
+        # the statistics after h are redone)
+        faults = store.array_faults(group) if store.is_complete(group) else []
         if faults:
             damaged[epoch] = faults
             log(f"{group} of {run_dir} is damaged ({faults[0]}" + (f"; and {len(faults) - 1} more" if len(faults) > 1
@@ -232,6 +234,8 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             f"{run_dir} already holds finished measurements that this one would replace:\n  " + "\n  ".join(conflicts)
             + "\nnothing was changed; rerun with --overwrite to replace them, or measure into a copy of the run")
     store.set_attrs({"missing_checkpoints": gone})
+    if hasattr(executor, "check_store"):  # workers that write the store themselves must reach it
+        executor.check_store(store.path)
 
     model_name = root.get("model_name", run_dir.name)
     ctx = tracker.run(f"measure-{run_dir.name}", params={"measure": mconf, "run_dir": str(run_dir)},

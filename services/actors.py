@@ -16,6 +16,7 @@ from adaptsym.storage.provenance import resolve_device
 from adaptsym.util import torch_dtype
 
 MAX_RESTARTS = 4
+PREFLIGHT_DIR = ".preflight"  # inside the run's store, removed after the check
 
 
 @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=-1)
@@ -33,7 +34,11 @@ class MeasureActor:
     def info(self) -> dict:
         import resource
 
-        return {"pid": os.getpid(), "device": str(self.device), "threads": torch.get_num_threads(),
+        import socket
+
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "hostname": socket.gethostname(), "device": str(self.device), "threads": torch.get_num_threads(),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -49,6 +54,26 @@ class MeasureActor:
             model, x, _ = self.blocks._model
             found |= {str(t.device) for t in (*model.params(), x)}
         return sorted(found)
+
+    def probe_store(self, root: str, nonce: str, index: int) -> dict:
+        """The store preflight (`services.preflight`): read the driver's nonce under `root`, then write
+        this actor's token beside it. Never raises: a failure is returned with its reason."""
+        from pathlib import Path
+
+        d = Path(root) / PREFLIGHT_DIR
+        node = ray.get_runtime_context().get_node_id()
+        try:
+            got = (d / "nonce").read_text()
+        except OSError as exc:
+            return {"ok": False, "node_id": node, "why": f"cannot read {d / 'nonce'} ({exc.strerror or exc})"}
+        if got != nonce:
+            return {"ok": False, "node_id": node, "why": f"{d} holds another nonce: a different store at the same path"}
+        token = f"{nonce}:{node}:{os.getpid()}"
+        try:
+            (d / f"actor-{index}").write_text(token)
+        except OSError as exc:
+            return {"ok": False, "node_id": node, "why": f"cannot write in {d} ({exc.strerror or exc})"}
+        return {"ok": True, "node_id": node, "token": token}
 
     def run(self, key: tuple, work_ref: list, task):
         """(the task's result, compute seconds): `task.run` on this actor's `EntryBlocks`.

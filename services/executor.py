@@ -8,6 +8,14 @@ by this loop, up to `max_tile_retries` times, after which the measurement stops 
 `TileError` naming the tile and the last error. Results
 reach `on_result` in the driver as they arrive (the driver marks tiles done there), so whatever
 finished before a failure or a killed driver is kept and a rerun resumes.
+
+Nodes: each actor's node is recorded at start. While waiting for results the loop polls every
+`poll_s` seconds; an actor whose node Ray reports dead is dropped (it cannot restart where its
+resources were) and its in-flight tiles go to the other actors, so the measurement finishes on the
+remaining nodes (tiles are idempotent: a tile computed twice writes the same chunk). The pool
+operator's products (`ShardedHessian`) need every shard: a node lost during them stops the
+checkpoint with `NodeLostError`, and a rerun resumes from the finished checkpoints and tiles.
+`check_store` is the preflight of `services.preflight`.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
 from adaptsym.curvature.operator import HessianOperator
-from adaptsym.errors import TileError
+from adaptsym.errors import TileError, UserFacingError
 from adaptsym.progress import bar_off
 from adaptsym.protocols import R, Task
 
@@ -36,11 +44,31 @@ def _describe(task) -> str:
     return f"{type(task).__name__}{tuple(int(t) for t in small)}"
 
 
+class NodeLostError(UserFacingError, RuntimeError):
+    """Every actor, or an actor the current step cannot do without, was on a node that died."""
+
+
+def dead_nodes() -> set[str]:
+    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", False)}
+
+
+def wait_watching(refs: list, nodes: list[str], what: str, poll_s: float = 5.0) -> list:
+    """ray.get(refs), but a NodeLostError instead of waiting forever when a node in `nodes` dies."""
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s)
+        lost = set(nodes) & dead_nodes()
+        if pending and lost:
+            raise NodeLostError(f"node(s) {', '.join(n[:12] for n in sorted(lost))} died during {what}; finished "
+                                "checkpoints and tiles are kept: rerun the same command to resume on the nodes left")
+    return ray.get(list(refs))
+
+
 class RayExecutor:
     name = "ray"
 
     def __init__(self, n_actors: int | None = None, threads_per_actor: int = 1, max_tile_retries: int = 3,
-                 on_progress: Callable | None = None, inflight_per_actor: int = 2):
+                 on_progress: Callable | None = None, inflight_per_actor: int = 2, poll_s: float = 5.0):
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         self.use_gpu = gpus > 0
@@ -57,6 +85,37 @@ class RayExecutor:
         self.on_progress = on_progress
         self._work_key, self._work_ref = None, None
         self.busy_seconds = 0.0  # compute time reported by actors (for the overhead benchmark)
+        self.poll_s = poll_s
+        self.nodes = [i["node_id"] for i in self.info()]  # each actor's node, in actor order
+        self.dropped: list[dict] = []  # actors lost with their node: {"node_id", "tiles_requeued"}
+
+    def check_store(self, store_path) -> None:
+        """Every actor can read and write the run's store at the driver's path (`services.preflight`)."""
+        from .preflight import store_preflight
+
+        store_preflight(self.actors, store_path, self.info())
+
+    def _drop_lost(self, inflight: dict, queue: deque, idle: deque) -> None:
+        """Drop the actors whose node died; their in-flight tasks go back to the queue."""
+        dead = dead_nodes()
+        lost = [a for a, n in zip(self.actors, self.nodes) if n in dead]
+        if not lost:
+            return
+        for ref, (i, actor) in list(inflight.items()):
+            if actor in lost:
+                del inflight[ref]
+                queue.appendleft(i)
+        for actor in lost:
+            k = self.actors.index(actor)
+            self.dropped.append({"node_id": self.nodes[k]})
+            del self.actors[k], self.nodes[k]
+            ray.kill(actor, no_restart=True)
+        for a in list(idle):
+            if a in lost:
+                idle.remove(a)
+        if not self.actors:
+            raise NodeLostError("every actor's node died; finished tiles are kept: rerun the same command to "
+                                "resume on a cluster with live nodes")
 
     def info(self) -> list[dict]:
         return ray.get([a.info.remote() for a in self.actors])
@@ -85,7 +144,9 @@ class RayExecutor:
                 while queue and idle:
                     i, actor = queue.popleft(), idle.popleft()
                     inflight[actor.run.remote(work.key, ref, tasks[i])] = (i, actor)
-                ready, _ = ray.wait(list(inflight), num_returns=1)
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+                if not ready:
+                    self._drop_lost(inflight, queue, idle)
                 for r in ready:
                     i, actor = inflight.pop(r)
                     idle.append(actor)
@@ -117,7 +178,8 @@ class RayExecutor:
     # ------------------------------------------------------------------ data-parallel operator
     def pool_hessian(self, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,
                      graph_budget_mb: float | None = None):
-        return ShardedHessian(self.actors, model, ckpt, x, y, dtype, chunk, graph_budget_mb)
+        return ShardedHessian(self.actors, model, ckpt, x, y, dtype, chunk, graph_budget_mb, list(self.nodes),
+                              self.poll_s)
 
     def close(self) -> None:
         for a in self.actors:
@@ -133,8 +195,9 @@ class ShardedHessian(HessianOperator):
     products derive from it. `weights` is the driver's copy (shapes, dtype, device)."""
 
     def __init__(self, actors, model, ckpt: dict, x: torch.Tensor, y: torch.Tensor, dtype: str, chunk: int,
-                 graph_budget_mb: float | None = None):
-        self.actors = actors
+                 graph_budget_mb: float | None = None, nodes: list[str] | None = None, poll_s: float = 5.0):
+        self.actors = list(actors)
+        self.nodes, self.poll_s = nodes or [], poll_s
         self.weights = tuple(w.detach() for w in model.params())
         self.n = len(x)
         self.key = uuid.uuid4().hex
@@ -148,7 +211,8 @@ class ShardedHessian(HessianOperator):
     def _matmat(self, vs: tuple) -> tuple:
         m = vs[0].shape[0]
         M = torch.cat([t.reshape(m, -1) for t in vs], dim=1).T.detach().cpu().numpy()  # (N, m)
-        parts = ray.get([a.matmat_sum.remote(self.key, [r], M) for a, r in zip(self.actors, self.refs)])
+        parts = wait_watching([a.matmat_sum.remote(self.key, [r], M) for a, r in zip(self.actors, self.refs)],
+                              self.nodes, "a pool Hessian product", self.poll_s)
         HM = torch.as_tensor(np.sum(parts, axis=0) / self.n, dtype=vs[0].dtype, device=vs[0].device)
         out, i = [], 0
         for w in self.weights:
@@ -157,7 +221,8 @@ class ShardedHessian(HessianOperator):
         return tuple(out)
 
     def gradient(self) -> tuple:
-        parts = ray.get([a.gradient_sum.remote(self.key, [r]) for a, r in zip(self.actors, self.refs)])
+        parts = wait_watching([a.gradient_sum.remote(self.key, [r]) for a, r in zip(self.actors, self.refs)],
+                              self.nodes, "the pool gradient", self.poll_s)
         w0 = self.weights[0]
         return tuple(torch.as_tensor(sum(p[i] for p in parts) / self.n, dtype=w0.dtype, device=w0.device)
                      for i in range(len(self.weights)))

@@ -36,5 +36,8 @@ class LocalExecutor:
         budget = None if graph_budget_mb is None else graph_budget_mb * 2**20
         return PoolHessian(model.plan, model.params(), x, y, chunk=chunk, graph_budget_bytes=budget)
 
+    def check_store(self, store_path) -> None:
+        """In process: the store is this process's own."""
+
     def close(self) -> None:
         self._blocks = {}
