@@ -5,6 +5,7 @@ checkpoints, and the last nightly in MLflow.
     python -m jobs.nightly --update-golden           # rewrite jobs/baselines/nightly_golden.json
     python -m jobs.nightly --seeds 3                 # also: the distribution over 3 fresh seeds
     python -m jobs.nightly --make-baseline --seeds 5 # rewrite the seed distribution jobs/baselines/nightly.json
+    python -m jobs.nightly --ray [HOST:PORT]         # measure through Ray actors (a local cluster, or a running one)
 
 1. Golden record. The config's fixed seed is trained and measured; on one platform that run is
    deterministic, so every quantity (`gather`) is compared with the committed golden record at a
@@ -72,15 +73,28 @@ def tolerance(name: str, golden: float) -> tuple[float, str]:
     return 1e-6 * abs(golden) + 1e-12, "float64 measurement: rel 1e-6"
 
 
-def run_once(cfg, out: Path, tracker=None):
-    """Train + measure the config's single model; (run_dir, training history, measure result)."""
+def run_once(cfg, out: Path, tracker=None, executor=None):
+    """Train + measure the config's single model (through `executor`: in process by default);
+    (run_dir, training history, measure result)."""
     from adaptsym.measure import measure_run
     from adaptsym.train import train
 
     (name,) = cfg.model_names()
     res = train(cfg, name, out, tracker=tracker, progress=False)
-    m = measure_run(res.run_dir, cfg=cfg, tracker=tracker, progress=False)
+    m = measure_run(res.run_dir, cfg=cfg, tracker=tracker, progress=False, executor=executor)
     return res.run_dir, res.history, m
+
+
+def ray_executor(address: str | None):
+    """`--ray`: the distributed path the cluster's CronJob runs (services/), on 2 actors of a local
+    cluster, or on every GPU (else CPU) of the cluster at `address`. Its results are compared with
+    the same golden record: tiles are bitwise the in-process ones, and the sharded products agree
+    to rounding (far inside the float64 tolerance)."""
+    from services.cluster import connect
+    from services.executor import RayExecutor
+
+    connect(address or None, num_cpus=2 if not address else None)
+    return RayExecutor(n_actors=2 if not address else None, threads_per_actor=1)
 
 
 def gather(run_dir: Path, history: dict, m) -> dict:
@@ -229,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=0, help="also compare the mean over this many fresh seeds (0: no)")
     p.add_argument("--make-baseline", action="store_true", help="rewrite the seed distribution from --seeds seeds")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to or compare with MLflow")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="HOST:PORT",
+                   help="measure through Ray actors: a local 2-actor cluster, or the running cluster at HOST:PORT "
+                        "('auto' inside a Ray job)")
     return p
 
 
@@ -249,14 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     tracker = None if args.no_mlflow else Tracker(args.out, cfg.name)
     previous = last_nightly(tracker, cfg.name) if tracker else None
     rows: list[dict] = []
+    executor = None
     try:
-        run_dir, history, m = run_once(cfg, out / "run", tracker)
+        executor = ray_executor(args.ray) if args.ray is not None else None
+        run_dir, history, m = run_once(cfg, out / "run", tracker, executor)
         values = gather(run_dir, history, m)
         checks = identity_checks(run_dir, cfg, max(m.scalars))
     except Exception as exc:  # a crash is a regression too: name it
         traceback.print_exc()
         print(f"DRIFT: the nightly run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if executor is not None:
+            executor.close()
     fingerprint = platform_fingerprint(cfg.measure.dtype)
     if args.update_golden:
         Path(args.golden).write_text(json.dumps({"platform": fingerprint, "values": values}, indent=1,

@@ -137,3 +137,43 @@ def test_cronjob_runs_exactly_the_nightly_command():
     args = build_parser().parse_args(argv[3:])  # every flag it passes is one the nightly has
     assert not args.update_golden and not args.make_baseline and not args.no_mlflow
     assert args.golden == str(GOLDEN) and args.config == "configs/nightly.yaml"
+    assert args.ray == "auto"  # the cluster nightly measures through the distributed path
+
+
+def _shard_left_out_of_the_sum(monkeypatch):
+    """A services/ bug: the driver's reduction of the sharded pool products drops the last shard."""
+    import ray
+
+    from services import executor
+
+    def matmat(self, vs):
+        m = vs[0].shape[0]
+        M = torch.cat([t.reshape(m, -1) for t in vs], dim=1).T.detach().cpu().numpy()
+        parts = ray.get([a.matmat_sum.remote(self.key, [r], M) for a, r in zip(self.actors, self.refs)])
+        HM = torch.as_tensor(np.sum(parts[:-1], axis=0) / self.n, dtype=vs[0].dtype)
+        out, i = [], 0
+        for w in self.weights:
+            out.append(HM[i : i + w.numel()].T.reshape((m,) + tuple(w.shape)))
+            i += w.numel()
+        return tuple(out)
+
+    monkeypatch.setattr(executor.ShardedHessian, "_matmat", matmat)
+
+
+def test_nightly_ray_mode_passes_clean_and_catches_a_ray_executor_mutant(monkeypatch, tmp_path, capsys):
+    """`--ray` measures through services/ (the CronJob's path) against the same golden record: clean
+    it passes; with a shard left out of the distributed sum it fails naming spectrum quantities,
+    a mutant that the in-process nightly cannot see."""
+    from services.cluster import shutdown
+
+    out = str(tmp_path / "nightly")
+    try:
+        assert nightly(["--no-mlflow", "--out", out, "--ray"]) == 0, capsys.readouterr().err[-3000:]
+        assert "all" in capsys.readouterr().out
+        _shard_left_out_of_the_sum(monkeypatch)
+        assert nightly(["--no-mlflow", "--out", out, "--ray"]) == 1
+        named = drifted(capsys.readouterr().err)
+        assert {"last.lambda_max", "last.trace_estimate"} & named, sorted(named)
+        assert nightly(["--no-mlflow", "--out", out]) == 0  # in process: the mutant is not on its path
+    finally:
+        shutdown()
