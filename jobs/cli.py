@@ -55,6 +55,7 @@ def cmd_measure(args) -> int:
         from services.executor import RayExecutor
 
         resources = connect(args.ray or None, num_cpus=args.num_cpus)
+        _own_sigterm()  # Ray's core worker installs its own SIGTERM handler (a stack dump, then death)
         executor = RayExecutor(n_actors=args.actors, threads_per_actor=args.threads_per_actor,
                                max_tile_retries=args.max_tile_retries)
         print(f"Ray: {len(executor.actors)} actor(s) on {resources}")
@@ -324,6 +325,15 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum, frame):
     raise Terminated()
+
+
+def _own_sigterm() -> None:
+    """(Re)install the SIGTERM handler of `main` (in the main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 KEPT = ("finished work is kept (checkpoints, finished measurements and h tiles; a chunk cut short is "

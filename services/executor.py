@@ -68,8 +68,13 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, n_actors: int | None = None, threads_per_actor: int = 1, max_tile_retries: int = 3,
-                 on_progress: Callable | None = None, inflight_per_actor: int = 2, poll_s: float = 5.0):
-        res = ray.cluster_resources()
+                 on_progress: Callable | None = None, inflight_per_actor: int = 2, poll_s: float = 5.0,
+                 start_timeout_s: float = 120.0):
+        res: dict = {}
+        for node in ray.nodes():  # live nodes only: a node that just died may still be counted by Ray
+            if node.get("Alive"):
+                for k, v in node.get("Resources", {}).items():
+                    res[k] = res.get(k, 0) + v
         gpus = int(res.get("GPU", 0))
         self.use_gpu = gpus > 0
         if self.use_gpu:
@@ -86,8 +91,25 @@ class RayExecutor:
         self._work_key, self._work_ref = None, None
         self.busy_seconds = 0.0  # compute time reported by actors (for the overhead benchmark)
         self.poll_s = poll_s
-        self.nodes = [i["node_id"] for i in self.info()]  # each actor's node, in actor order
-        self.dropped: list[dict] = []  # actors lost with their node: {"node_id", "tiles_requeued"}
+        self.dropped: list[dict] = []  # actors lost with their node: {"node_id"}
+        self.nodes = self._started(start_timeout_s)  # each actor's node, in actor order
+
+    def _started(self, timeout: float) -> list[str]:
+        """Wait up to `timeout` s for the actors to start; those that cannot (their resources are not
+        free, e.g. on a node that is going away) are dropped with a warning. Returns their nodes."""
+        refs = [a.info.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        keep = [i for i, r in enumerate(refs) if r in ready]
+        if len(keep) < len(refs):
+            for i in set(range(len(refs))) - set(keep):
+                ray.kill(self.actors[i], no_restart=True)
+            print(f"adaptsym: warning: {len(refs) - len(keep)} of {len(refs)} Ray actors did not start within "
+                  f"{timeout:.0f} s (their resources are not free); going on with {len(keep)}", flush=True)
+            if not keep:
+                raise NodeLostError("no Ray actor could start: the cluster has no free resources for one "
+                                    "(`ray status` shows them)")
+        self.actors = [self.actors[i] for i in keep]
+        return [ray.get(refs[i])["node_id"] for i in keep]
 
     def check_store(self, store_path) -> None:
         """Every actor can read and write the run's store at the driver's path (`services.preflight`)."""

@@ -60,6 +60,7 @@ class Node:
 class LocalCluster:
     address: str
     temp_dir: Path
+    jobs_api: str = ""  # the head's dashboard / Jobs API URL
     head: object = None  # the finished `ray start --head`
     nodes: dict = field(default_factory=dict)
 
@@ -121,11 +122,13 @@ class LocalCluster:
 def start_cluster(temp_dir: Path) -> LocalCluster:
     """A head with no CPUs (actors go to the worker nodes), GCS on a free port of 127.0.0.1."""
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=ENV, capture_output=True, check=False)
-    port = free_ports(1)[0]
+    port, dash = free_ports(2)
+    env = {**ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}  # job entrypoints run this venv's python
     head = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                           "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false",
-                           "--disable-usage-stats", *node_ports(), "--ray-client-server-port", str(free_ports(1)[0])],
-                          env=ENV, capture_output=True, text=True, timeout=180)
+                           "--num-cpus", "0", "--num-gpus", "0", "--dashboard-host", "127.0.0.1",
+                           "--dashboard-port", str(dash), "--disable-usage-stats", *node_ports(),
+                           "--ray-client-server-port", str(free_ports(1)[0])],
+                          env=env, capture_output=True, text=True, timeout=180)
     if head.returncode != 0:
         raise RuntimeError(f"ray start --head failed: {head.stdout[-1500:]}{head.stderr[-1500:]}")
-    return LocalCluster(f"127.0.0.1:{port}", temp_dir, head=head)
+    return LocalCluster(f"127.0.0.1:{port}", temp_dir, jobs_api=f"http://127.0.0.1:{dash}", head=head)

@@ -133,3 +133,99 @@ def test_a_node_without_the_store_is_refused_before_any_tile(cluster, reference,
     finally:
         cluster.kill("node_unshared")
     np.testing.assert_equal(verify_run(run_dir)[0], [])
+
+
+def test_killed_driver_then_rerun_resumes_on_the_nodes(cluster, reference, tmp_path):
+    """The driver, connected to the multi-node cluster, is SIGKILLed after 3 h tiles; the same
+    command again (`adaptsym measure --ray HOST:PORT`) computes only the missing tiles, and the
+    arrays are bitwise the single-process ones."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from jobs.cli import main
+
+    from .test_distributed import ENV, ROOT
+
+    cfg, ref_dir, ref = reference["entries"]
+    run_dir = fresh_copy(ref_dir, tmp_path)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from services.cluster import connect
+        from services.executor import RayExecutor
+        from adaptsym.measure import measure_run
+        from adaptsym.observables.entry_blocks import HTileTask
+        from tests.test_multinode import entries_only
+
+        def die(kind, done, total):
+            if kind is HTileTask and done == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        connect({cluster.address!r})
+        measure_run({str(run_dir)!r}, cfg=entries_only("mne"), epochs=[3], progress=False,
+                    executor=RayExecutor(threads_per_actor=1, on_progress=die))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=ENV, cwd=ROOT, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    store = RunStore.for_run(run_dir, mode="r")
+    done = np.asarray(store.root["epoch_0003/hessian_entries/tile_done"][...])
+    assert done.sum() == 3 and done.size > 3
+    assert main(["measure", "--run", str(run_dir), "--epochs", "3", "--ray", cluster.address, "--no-mlflow",
+                 "--quiet"]) == 0
+    sc = RunStore.for_run(run_dir, mode="r").attrs("epoch_0003")["scalars"]
+    assert sc["hessian_entries.tiles_computed"] == done.size - 3
+    assert_same(ref_dir, {3: ref.scalars[3]}, run_dir, {3: sc})
+
+
+def test_ray_job_stop_stops_a_measure_cleanly_and_the_rerun_resumes(cluster, tmp_path):
+    """`ray job stop` on a submitted measure job: SIGTERM reaches `adaptsym measure`, which says so;
+    the tiles marked done are exactly those written; the same job again finishes and `verify` is clean."""
+    import io
+    import subprocess
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from jobs.submit import submit
+
+    from .multinode import BIN
+    from .test_distributed import ROOT
+
+    cfg = tiny_config(epochs=1, checkpoints=(1,), name="stopme").model_dump(mode="json")
+    cfg["measure"].update(observables=["hessian_entries"], pool_size=192, example_chunk=8)
+    cfg["measure"]["hessian_entries"].update(design={"kind": "block", "rows": 24, "cols": 12}, column_chunk=1)
+    cfg = parse_config(cfg)
+    run_dir = train(cfg, "mlp", tmp_path, progress=False).run_dir
+    args = ["--run", str(run_dir), "--ray", "auto", "--no-mlflow"]
+    out = io.StringIO()
+    assert submit("measure", args, cluster.jobs_api, working_dir=str(ROOT), wait=False, out=out) == 0
+    job_id = out.getvalue().split("submitted Ray job ")[1].split()[0]
+    client = JobSubmissionClient(cluster.jobs_api)
+    tiles = run_dir / "results.zarr" / "epoch_0001" / "hessian_entries" / "h" / "c"
+    t0 = time.monotonic()
+    while sum(1 for p in tiles.rglob("*") if p.is_file()) < 4:
+        assert client.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING), \
+            client.get_job_logs(job_id)[-3000:]
+        assert time.monotonic() - t0 < 240
+        time.sleep(0.2)
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", cluster.jobs_api, job_id],
+                          env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+    while client.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        time.sleep(0.5)
+    assert client.get_job_status(job_id) == JobStatus.STOPPED
+    logs = client.get_job_logs(job_id)
+    (tmp_path / "job.log").write_text(logs)
+    assert "adaptsym: stopped by SIGTERM; finished work is kept" in logs, logs[-3000:]
+    store = RunStore.for_run(run_dir, mode="r")
+    assert not store.is_complete("epoch_0001")
+    done = np.asarray(store.root["epoch_0001/hessian_entries/tile_done"][...])
+    h = store.root["epoch_0001/hessian_entries/h"]
+    written = {tuple(int(c) for c in p.relative_to(tiles).parts) for p in tiles.rglob("*") if p.is_file()}
+    assert 0 < done.sum() < done.size
+    assert {tuple(int(v) for v in ij) for ij in np.argwhere(done)} <= written  # every tile marked done is on disk
+    assert h.shape[0] > 0
+    out = io.StringIO()
+    assert submit("measure", args, cluster.jobs_api, working_dir=str(ROOT), timeout=600, out=out) == 0, \
+        out.getvalue()[-3000:]
+    assert RunStore.for_run(run_dir, mode="r").is_complete("epoch_0001") and verify_run(run_dir)[0] == []
