@@ -23,6 +23,8 @@ over repeats after a warm-up. Absolute times are printed too but mean little on 
   actor, on a local 2-CPU cluster (target >= 1.6).
 - ray_overhead_fraction (--ray): 1 - actor compute time / (actors x wall time) of the distributed
   Hessian-entry measurement of the demo model (tiles + statistics; target <= 0.15).
+- multinode_overhead_fraction (--multinode): the h tiles on 2 nodes with 1 actor each over 1 node
+  with 2 actors, minus 1, on a local cluster of worker raylets (target <= 0.15).
 - ensemble (--ensemble): binary-network training for the effective model, the demo config's
   `under` scenario: accepted configurations per second per actor with 1 and with 2 Ray actors
   (one thread each) on the same tasks, and ensemble_two_actor_speedup (2-actor over 1-actor
@@ -187,6 +189,63 @@ def bench_ray(cfg, data, model_name: str, n_pool: int) -> dict:
     return out
 
 
+def bench_multinode(cfg, data, model_name: str, n_pool: int, rounds: int = 3) -> dict:
+    """The h tiles of one measurement on 1 node with 2 actors against 2 nodes with 1 actor each,
+    on one local cluster of three worker raylets (`services.local_cluster`): a 2-CPU node and two
+    1-CPU nodes, each actor pinned by a custom resource; interleaved, best of `rounds`.
+    multinode_overhead_fraction = t(2 nodes) / t(1 node) - 1."""
+    import ray
+
+    from adaptsym.curvature.entries import make_design
+    from adaptsym.nets.models import BiasFreeNet
+    from adaptsym.observables.entry_blocks import EntryWork
+    from adaptsym.observables.hessian_entries import compute_h, prepare
+    from adaptsym.storage.store import RunStore
+    from services.cluster import connect, shutdown
+    from services.executor import RayExecutor
+    from services.local_cluster import start_cluster
+
+    shutdown()
+    mcfg = cfg.measure.model_copy(update={"example_chunk": 128})
+    model = BiasFreeNet(cfg.models[model_name], data.input_shape, seed=cfg.seed, dtype=torch.float64)
+    x, y = data.x_train[:n_pool].double(), data.y_train[:n_pool].double()
+    times: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = start_cluster(Path(tmp))
+        try:
+            connect(cluster.address)
+            cluster.add_worker("single", cpus=2, gpus=0)
+            cluster.add_worker("pair_a", cpus=1, gpus=0)
+            cluster.add_worker("pair_b", cpus=1, gpus=0)
+            store = RunStore(Path(tmp) / "bench.zarr")
+            for r in range(rounds):
+                for layout, placement in (("one_node_two_actors", [{"single": 0.5}]),
+                                          ("two_nodes_one_actor_each", [{"pair_a": 1}, {"pair_b": 1}])):
+                    ex = RayExecutor(n_actors=2 if len(placement) == 1 else 1, threads_per_actor=1,
+                                     actor_resources=placement[0])
+                    if len(placement) == 2:  # one actor on each of the two nodes
+                        other = RayExecutor(n_actors=1, threads_per_actor=1, actor_resources=placement[1])
+                        ex.actors += other.actors
+                        ex.nodes += other.nodes
+                    assert len(set(ex.nodes)) == len(placement), ex.nodes
+                    w = EntryWork(store_path=str(store.path), group=f"{layout}_{r}/hessian_entries",
+                                  design=make_design(mcfg.hessian_entries.design, model.index, cfg.seed), mcfg=mcfg,
+                                  s=mcfg.hessian_entries.minibatch or cfg.train.batch_size, seed=cfg.seed, epoch=0,
+                                  model_spec=cfg.models[model_name].model_dump(mode="json"),
+                                  input_shape=data.input_shape, weights=[w.detach() for w in model.params()], x=x, y=y)
+                    prepare(store, w)
+                    ex.run(w, w.tiles()[:2], lambda t, res: None)  # warm both actors
+                    t0 = time.perf_counter()
+                    compute_h(store, w, ex)
+                    times[layout] = min(times.get(layout, np.inf), time.perf_counter() - t0)
+                    ex.close()
+        finally:
+            ray.shutdown()
+            cluster.stop()
+    return {"multinode_overhead_fraction": times["two_nodes_one_actor_each"] / times["one_node_two_actors"] - 1,
+            "multinode_seconds": times, "multinode_rounds": rounds}
+
+
 def bench_ensemble(config: Path, tasks: int) -> dict:
     """Ensemble-collection throughput with 1 and 2 actors, the same `tasks` tasks each."""
     from services.cluster import connect, shutdown  # first: it sets RAY_AUTH_MODE=token before Ray loads
@@ -256,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--ray", action="store_true", help="also the Ray ratios (a local 2-CPU cluster)")
     p.add_argument("--ray-model", default="cnn")
+    p.add_argument("--multinode", action="store_true",
+                   help="also 1 node x 2 actors against 2 nodes x 1 actor (a local multi-raylet cluster)")
     p.add_argument("--ensemble", action="store_true",
                    help="only the effective-model ensemble throughput, 1 and 2 Ray actors (JSON)")
     p.add_argument("--ensemble-config", default=str(ROOT / "configs/effective-model-demo.yaml"))
@@ -298,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         out["models"]["vgg12"] = bench_model(model, gx, gy, 2, 256, min(n, 128), 2, 1, 0, 32, 2, steps=8)
     if args.ray:
         out["ray"] = bench_ray(cfg, data, args.ray_model, min(args.n, cfg.measure.pool_size))
+    if args.multinode:
+        out.setdefault("ray", {}).update(bench_multinode(cfg, data, args.ray_model, min(args.n, cfg.measure.pool_size)))
     if not args.skip_memory:
         out["measure_peak_rss_mb"] = measure_peak_rss_mb(Path(args.config))
     print(json.dumps(out, indent=2))

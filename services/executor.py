@@ -69,7 +69,7 @@ class RayExecutor:
 
     def __init__(self, n_actors: int | None = None, threads_per_actor: int = 1, max_tile_retries: int = 3,
                  on_progress: Callable | None = None, inflight_per_actor: int = 2, poll_s: float = 5.0,
-                 start_timeout_s: float = 120.0):
+                 start_timeout_s: float = 120.0, actor_resources: dict | None = None):
         res: dict = {}
         for node in ray.nodes():  # live nodes only: a node that just died may still be counted by Ray
             if node.get("Alive"):
@@ -83,6 +83,8 @@ class RayExecutor:
         else:
             n = n_actors or max(1, int(res.get("CPU", 1)) // threads_per_actor)
             opts = {"num_cpus": threads_per_actor}
+        if actor_resources:  # custom resources pin the actors to chosen nodes (benchmarks)
+            opts["resources"] = dict(actor_resources)
         self.actors = [MeasureActor.options(**opts).remote(threads_per_actor, self.use_gpu) for _ in range(n)]
         self.threads = threads_per_actor
         self.max_tile_retries = max_tile_retries

@@ -1,5 +1,5 @@
 """Several Ray nodes for real (issue 25): a head and worker nodes on this machine, each its own
-raylet (`tests/multinode.py`). One actor per (fake) GPU lands on each worker node; a measurement
+raylet (`services/local_cluster.py`). One actor per (fake) GPU lands on each worker node; a measurement
 spread over the nodes writes zarr arrays bitwise equal to a single-process run; a worker node
 killed mid-measurement costs nothing (its tiles go to the node left); a node that does not share
 the store's path is refused before any tile, naming the node and the path."""
@@ -17,7 +17,7 @@ from adaptsym.storage.store import RunStore
 from adaptsym.storage.verify import verify_run
 from adaptsym.train import train
 
-from .multinode import can_unshare, start_cluster
+from services.local_cluster import can_unshare, start_cluster
 from .test_distributed import assert_same, fresh_copy
 from .test_train_checkpoint import tiny_config
 
@@ -188,7 +188,7 @@ def test_ray_job_stop_stops_a_measure_cleanly_and_the_rerun_resumes(cluster, tmp
 
     from jobs.submit import submit
 
-    from .multinode import BIN
+    from services.local_cluster import BIN
     from .test_distributed import ROOT
 
     cfg = tiny_config(epochs=1, checkpoints=(1,), name="stopme").model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""A real multi-node Ray cluster on this machine, for the tests: a head and worker nodes, each its
+"""A real multi-node Ray cluster on one machine (tests, benchmarks): a head and worker nodes, each its
 own raylet started with `ray start` (token auth, 127.0.0.1, every port its own), stopped at the end.
 
 Worker nodes get a custom resource naming them and a fake GPU count (`--num-gpus 1`): Ray then
