@@ -55,6 +55,22 @@ class BPResult:
     iterations: int
     residual: float
     converged: bool
+    J: np.ndarray | None = None  # the model the fixed point belongs to (for its stability)
+    damping: float = 0.5
+
+    @property
+    def jacobian_radius(self) -> float:
+        """Spectral radius of the damped BP update's Jacobian at these messages,
+        damping I + (1 - damping) dF/dM: below 1 the fixed point attracts the iteration, above 1
+        it repels it (an unstable point the iteration reached only by symmetry, e.g. the
+        paramagnet of an ordered ferromagnet). Power iteration on Jacobian-vector products."""
+        if "_radius" not in self.__dict__:
+            self.__dict__["_radius"] = bp_jacobian_radius(self.J, self.messages, self.damping)
+        return self.__dict__["_radius"]
+
+    @property
+    def stable(self) -> bool:
+        return self.jacobian_radius < 1.0 + 1e-6
 
     @property
     def entropy(self) -> float:
@@ -70,11 +86,62 @@ def check_model(J: np.ndarray, h: np.ndarray) -> None:
         raise ValueError("J must be symmetric with a zero diagonal")
 
 
+class UnstableFixedPointWarning(UserWarning):
+    """Belief propagation converged to a fixed point that repels the iteration."""
+
+
+def bp_jacobian_radius(J: np.ndarray, M: np.ndarray, damping: float, iters: int = 1000, seed: int = 0,
+                       dense_up_to: int = 40) -> float:
+    """Spectral radius of damping I + (1 - damping) dF/dM at messages M. Up to `dense_up_to`
+    spins: the eigenvalues of the Jacobian built column by column from Jacobian-vector products
+    (exact). Above: power iteration, the growth rate of a random start over the last half of
+    `iters` steps (approximate where the leading eigenvalues are close or complex)."""
+    n = J.shape[0]
+    if n < 2:
+        return 0.0
+    t = np.tanh(J)
+    if n <= dense_up_to:
+        off = ~np.eye(n, dtype=bool)
+        cols = []
+        for k in np.flatnonzero(off.ravel()):
+            e = np.zeros(n * n)
+            e[k] = 1.0
+            e = e.reshape(n, n)
+            cols.append((damping * e + (1 - damping) * _jvp_exact(t, M, e))[off])
+        return float(np.abs(np.linalg.eigvals(np.array(cols).T)).max())
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, n))
+    np.fill_diagonal(v, 0.0)
+    v /= np.linalg.norm(v)
+    logs = []
+    for _ in range(iters):
+        w = damping * v + (1 - damping) * _jvp_exact(t, M, v)
+        norm = np.linalg.norm(w)
+        if norm == 0:
+            return 0.0
+        logs.append(np.log(norm))
+        v = w / norm
+    return float(np.exp(np.mean(logs[len(logs) // 2:])))
+
+
+def _jvp_exact(t, M, V):
+    """dF/dM V with the messages' own fields: F(M)[i, j] = tanh(h_i + sum_{k != j} u_ik), so
+    tanh' needs h; it is recovered from M itself at a fixed point (M = F(M))."""
+    tm = t * M.T
+    du = t * V.T / (1 - tm**2)
+    out = (1 - M**2) * (du.sum(1)[:, None] - du)  # at a fixed point F(M) = M, so tanh'(.) = 1 - M^2
+    np.fill_diagonal(out, 0.0)
+    return out
+
+
 def belief_propagation(J: np.ndarray, h: np.ndarray, messages: np.ndarray | None = None, damping: float = 0.5,
-                       tol: float = 1e-9, max_iter: int = 2000, strict: bool = True) -> BPResult:
+                       tol: float = 1e-9, max_iter: int = 2000, strict: bool = True,
+                       check_stability: bool = True) -> BPResult:
     """Iterate eq. B2 (damped: M <- damping M_old + (1 - damping) M_new) from `messages` (or from
     M[i, j] = tanh(h_i)) until max |M_new - M_old| < tol. A run that stops at `max_iter` raises
-    NotConvergedError with its residual when `strict`, else returns `converged=False`."""
+    NotConvergedError with its residual when `strict`, else returns `converged=False`. A converged
+    point is checked for stability (`BPResult.jacobian_radius`) when `check_stability`, with an
+    UnstableFixedPointWarning when it repels the iteration."""
     check_model(J, h)
     n = h.shape[0]
     t = np.tanh(J)
@@ -94,10 +161,18 @@ def belief_propagation(J: np.ndarray, h: np.ndarray, messages: np.ndarray | None
         raise NotConvergedError(
             f"belief propagation did not converge in {max_iter} iterations (last residual {residual:.3g}, "
             f"tolerance {tol:g}); raise max_iter or the damping, or the couplings are too strong (glassy)")
-    return _observables(J, h, M, it, residual, converged)
+    res = _observables(J, h, M, it, residual, converged, damping)
+    if check_stability and converged and not res.stable:
+        import warnings
+
+        warnings.warn(f"belief propagation converged to an unstable fixed point (Jacobian spectral radius "
+                      f"{res.jacobian_radius:.3g} > 1): it was reached by symmetry, not as an attractor, and its "
+                      "moments and free energy are not the model's; start from other messages (e.g. "
+                      "m = +-1) and keep the lowest Bethe free energy", UnstableFixedPointWarning, stacklevel=2)
+    return res
 
 
-def _observables(J, h, M, iterations, residual, converged) -> BPResult:
+def _observables(J, h, M, iterations, residual, converged, damping=0.5) -> BPResult:
     n = h.shape[0]
     t = np.tanh(J)
     u = np.arctanh(t * M.T)
@@ -115,7 +190,7 @@ def _observables(J, h, M, iterations, residual, converged) -> BPResult:
     dF_a = -logcosh[iu] - np.log1p(t[iu] * MM[iu])
     F = float(dF_i.sum() - dF_a.sum())
     E = float(-(J[iu] * C[iu]).sum() - h @ m)
-    return BPResult(M, m, C, F, E, iterations, residual, converged)
+    return BPResult(M, m, C, F, E, iterations, residual, converged, J, damping)
 
 
 # ---------------------------------------------------------------- brute force (N <= 20)
@@ -207,7 +282,7 @@ def _model_moments(J, h, moments, M, damping, bp_tol, bp_max_iter):
         ex = exact_moments(J, h)
         return ex.m, ex.C, None, 0
     if moments == "bp":
-        bp = belief_propagation(J, h, M, damping=damping, tol=bp_tol, max_iter=bp_max_iter)
+        bp = belief_propagation(J, h, M, damping=damping, tol=bp_tol, max_iter=bp_max_iter, check_stability=False)
         return bp.m, bp.C, bp.messages, bp.iterations
     raise ValueError(f"moments must be 'bp' or 'exact', not {moments!r}")
 
