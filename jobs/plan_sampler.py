@@ -17,7 +17,6 @@ every job, and spawns interpreters to measure their memory.
 """
 from __future__ import annotations
 
-import math
 import os
 import resource
 import subprocess
@@ -67,12 +66,14 @@ class Samples:
     def __init__(self, repeats: int = REPEATS):
         self.repeats = repeats
         self.spread: dict[str, float] = {}
+        self.fastest: dict[str, float] = {}  # seconds of each kernel's fastest sample
 
     def best(self, name: str, fn, warm: bool = True, repeats: int | None = None) -> float:
         if warm:
             fn()
         times = [_elapsed(fn) for _ in range(repeats or self.repeats)]
         self.spread[name] = max(times) / max(min(times), 1e-12)
+        self.fastest[name] = min(times)
         return min(times)
 
 
@@ -195,7 +196,8 @@ def measure_throughput(cfg: RunConfig, model_name: str, device: torch.device, th
                       sgd_s, forward_s, gradient_s, train_gradient_s, activation_bytes, hvp_graph_s, hvp_fwdrev_s,
                       graph_bytes, tile_s, tile_peak_mb, tile_fixed_mb, histogram_s, circuits_s, statistics_s, vector_s, data_s,
                       data_mb, n_train, n_test, interpreter_rss_mb(), interpreter_rss_mb(driver_modules),
-                      time.perf_counter() - t_start, note, samples.spread, load, samples.repeats)
+                      time.perf_counter() - t_start, note, samples.spread, load, samples.repeats,
+                      samples.fastest)
 
 
 def statistics_seconds(cfg: RunConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,

@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptsym.measure import measure_run
     from adaptsym.storage.provenance import provenance
     from adaptsym.storage.store import RunStore, checkpoint_group
+    from adaptsym.stats.scaling import log_std
     from adaptsym.storage.tracking import Tracker
     from adaptsym.train import train
 
@@ -269,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         rep = coupling_replicates(store, checkpoint_group(epoch), cfg, epoch, args.resamples, m.scalars[epoch])
         for reading, tag in READINGS:
             r = rep["replicates"][reading]
-            ok = np.isfinite(r) & (r > 0)
-            point[f"{tag}corr_log_std"] = float(np.log(r[ok]).std(ddof=1)) if ok.sum() > 1 else np.nan
+            point[f"{tag}corr_log_std"] = float(log_std(r)[0])  # zeros left out: the error bar of a detection
             point[f"{tag}corr_relative_rep_std"] = float(np.nanstd(r, ddof=1))
         point.update(epoch=epoch, train_seconds=t1 - t0, measure_seconds=t2 - t1,
                      resample_seconds=time.perf_counter() - t2)

@@ -98,3 +98,12 @@ def test_plan_survives_an_injected_slow_sample(monkeypatch):
     assert warnings and "disagree" in warnings[0] and "busy" in warnings[0]
     text = format_plan(predict(cfg, noisy, "cpu", threads, None), noisy)
     assert "  warning: the samples of" in text and "samples: 3 per kernel, the fastest used" in text
+    # the null: on an idle machine a 1-ms kernel's samples alone differ by 1.6x (measured): no warning;
+    # the same spread on a 50-ms kernel is load
+    from dataclasses import replace
+
+    idle = replace(quiet, spread={"vector pass": 1.64, "h tile": 1.3}, fastest_s={"vector pass": 0.001, "h tile": 0.05},
+                   load=0.0)
+    assert sampling_warnings(idle) == []
+    busy = replace(idle, spread={"vector pass": 1.0, "h tile": 1.64})
+    assert len(sampling_warnings(busy)) == 1 and "h tile 1.6x" in sampling_warnings(busy)[0]

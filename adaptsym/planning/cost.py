@@ -85,16 +85,21 @@ class Throughput:
     spread: dict = field(default_factory=dict)  # per kernel: slowest sample / fastest (the fastest is used)
     load: float = float("nan")  # the 1-minute load average when sampling began
     repeats: int = 0  # samples per kernel
+    fastest_s: dict = field(default_factory=dict)  # per kernel: seconds of its fastest sample
 
 
-# A kernel whose slowest sample took more than this times its fastest: the machine was busy.
+# A kernel whose slowest sample took more than this times its fastest: the machine was busy. Only
+# kernels of at least SPREAD_MIN_S count: on an idle machine a 1-ms kernel's samples alone differ
+# by 1.6x (the vector pass, measured), so its spread says nothing about load.
 SPREAD_WARN = 1.5
+SPREAD_MIN_S = 0.01
 
 
 def sampling_warnings(tp: Throughput) -> list[str]:
     """What says the throughput samples are not to be trusted: samples that disagree, a loaded machine."""
     out = []
-    bad = sorted(((v, k) for k, v in tp.spread.items() if v > SPREAD_WARN), reverse=True)
+    bad = sorted(((v, k) for k, v in tp.spread.items()
+                  if v > SPREAD_WARN and tp.fastest_s.get(k, float("inf")) >= SPREAD_MIN_S), reverse=True)
     if bad:
         out.append(f"the samples of {len(bad)} kernel(s) disagree (slowest / fastest: "
                    + ", ".join(f"{k} {v:.1f}x" for v, k in bad[:4]) + (", ..." if len(bad) > 4 else "")

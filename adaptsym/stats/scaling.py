@@ -126,9 +126,20 @@ def resampled_power_law(n_params, estimate, replicates, level: float = 0.95, off
     return {"exponent": alpha, "exponent_std": float(boots.std(ddof=1)), "exponent_ci_low": float(lo),
             "exponent_ci_high": float(hi), "ci_level": level, "log_prefactor": intercept,
             "points": int(ok.sum()), "resamples": int(dev.shape[1]), "leave_one_out": [float(v) for v in loo],
-            "log_std_per_size": [float(v) for v in np.where(ok, _log_std(R, floor), np.nan)]}
+            "log_std_per_size": [float(v) for v in np.where(ok, log_std(R, floor), np.nan)]}
 
 
-def _log_std(R: np.ndarray, floor: float) -> np.ndarray:
-    """Per size: the standard deviation of log y over the replicates (0 counted as `floor`)."""
-    return np.log(np.where(np.isfinite(R) & (R > 0), R, floor)).std(axis=1, ddof=1)
+def log_std(R: np.ndarray, floor: float | None = None) -> np.ndarray:
+    """Per row (a size): the standard deviation of log y over the replicates; a replicate of 0 (or
+    NaN) counts as `floor`, or is left out when `floor` is None (NaN with fewer than 2 left)."""
+    R = np.atleast_2d(np.asarray(R, dtype=float))
+    pos = np.isfinite(R) & (R > 0)
+    if floor is not None:
+        return np.log(np.where(pos, R, floor)).std(axis=1, ddof=1)
+    logs = np.where(pos, np.log(np.where(pos, R, 1.0)), np.nan)
+    import warnings
+
+    with warnings.catch_warnings():  # rows with fewer than 2 detections: NaN, below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = np.nanstd(logs, axis=1, ddof=1)
+    return np.where(pos.sum(axis=1) > 1, out, np.nan)
