@@ -348,6 +348,18 @@ class RunConfig(StrictModel):
     models: dict[str, ModelSpec]
     train: TrainSpec = Field(default_factory=TrainSpec)
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    # Where result stores go. None: `<run dir>/results.zarr`. An s3:// URL (a bucket every Ray node
+    # can write, credentials and endpoint from AWS_* variables): `<url>/<name>-<model>/results.zarr`,
+    # checkpoints staying in the run directory (docs/distributed.md).
+    results_url: str | None = None
+
+    @field_validator("results_url")
+    @classmethod
+    def _results_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("s3://"):
+            raise ValueError("give an s3://bucket/prefix URL, or leave results_url out to keep results in the "
+                             "run directory (other object stores have no safe run lock here)")
+        return v.rstrip("/") if v else v
 
     @field_validator("models")
     @classmethod

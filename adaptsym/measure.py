@@ -235,11 +235,11 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             + "\nnothing was changed; rerun with --overwrite to replace them, or measure into a copy of the run")
     store.set_attrs({"missing_checkpoints": gone})
     if hasattr(executor, "check_store"):  # workers that write the store themselves must reach it
-        executor.check_store(store.path)
+        executor.check_store(store.url)
 
     model_name = root.get("model_name", run_dir.name)
     ctx = tracker.run(f"measure-{run_dir.name}", params={"measure": mconf, "run_dir": str(run_dir)},
-                      tags={"kind": "measure", "model": model_name, "zarr_path": store.path.resolve()}) \
+                      tags={"kind": "measure", "model": model_name, "zarr_path": store.url}) \
         if tracker else contextlib.nullcontext()
     with ctx as mlrun:
         result.mlflow_run_id = mlrun.info.run_id if mlrun else None
@@ -277,7 +277,7 @@ def _measure_run(run_dir: Path, cfg, tracker, epochs, progress, executor: Execut
             result.scalars[epoch] = metrics
             lines.step(f"epoch {epoch} (checkpoint)", metrics["measure_seconds"])
             if tracker:
-                with tracker.run(group, tags={"epoch": epoch, "zarr_group": f"{store.path.resolve()}/{group}"}, nested=True):
+                with tracker.run(group, tags={"epoch": epoch, "zarr_group": f"{store.url}/{group}"}, nested=True):
                     tracker.log_metrics(metrics, step=epoch)
                 tracker.log_metrics(metrics, step=epoch)
         if tracker:

@@ -18,14 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .nets.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-from .config import RunConfig, config_to_dict
+from .config import ConfigError, RunConfig, config_to_dict
 from .nets.data import Dataset, load_dataset
 from .nets.losses import hinge
 from .nets.models import BiasFreeNet
 from .progress import ProgressLines, bar_off, lines_on
 from .storage.provenance import provenance, resolve_device
 from .storage.runlock import run_lock
-from .storage.store import RunStore
+from .storage.store import STORE_NAME, URL_POINTER, RunStore, is_url, store_location
 
 # train_active: the fraction of training examples with margin < 1 (the only ones with a Hessian)
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm2", "omega", "train_active")
@@ -104,6 +104,25 @@ def write_history(store: RunStore, history: dict) -> None:
     store.set_attrs({"complete": True, "last_epoch": int(epochs[-1])}, group="training")
 
 
+def bind_results_url(run_dir: Path, cfg: RunConfig) -> None:
+    """With `results_url`, record the run's store URL in `<run dir>/results.url` (before the lock:
+    the lock then covers the bucket too). A run that already has a store elsewhere is refused."""
+    if cfg.results_url is None:
+        return
+    url = f"{cfg.results_url}/{run_dir.name}/{STORE_NAME}"
+    now = store_location(run_dir)
+    if now == url:
+        return
+    if isinstance(now, Path) and now.exists():
+        raise ConfigError(f"{run_dir} already keeps its results in {now}; train into a new --out, or remove "
+                          f"results_url from the config")
+    if is_url(now):
+        raise ConfigError(f"{run_dir} keeps its results at {now}, not {url}; train into a new --out, or set "
+                          f"results_url back")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / URL_POINTER).write_text(url + "\n")
+
+
 def open_run_store(run_dir: Path, cfg: RunConfig, model_name: str, model: BiasFreeNet, input_shape) -> RunStore:
     """The run's zarr store with its root attributes (config, model, provenance, seeds)."""
     store = RunStore.for_run(run_dir)
@@ -120,6 +139,7 @@ def train(cfg: RunConfig, model_name: str, out: str | Path, tracker=None, progre
     if model_name not in cfg.models:
         raise KeyError(f"model {model_name!r} is not in the config; choose one of {cfg.model_names()}")
     run_dir = run_dir_for(out, cfg, model_name)
+    bind_results_url(run_dir, cfg)
     with run_lock(run_dir, f"adaptsym train {cfg.name}/{model_name}"):
         return _train(cfg, model_name, run_dir, tracker, progress)
 
@@ -159,7 +179,7 @@ def _train(cfg: RunConfig, model_name: str, run_dir: Path, tracker, progress: bo
     saved: list[Path] = sorted(ckpt_dir.glob("epoch_*.pt"))
     own = {**cfg_dict, "models": {model_name: cfg_dict["models"][model_name]}}  # only this run's model
     ctx = tracker.run(f"train-{cfg.name}-{model_name}", params=own,
-                      tags={"kind": "train", "model": model_name, "zarr_path": store.path.resolve()},
+                      tags={"kind": "train", "model": model_name, "zarr_path": store.url},
                       run_id=mlflow_run_id) if tracker else contextlib.nullcontext()
     with ctx as mlrun:
         if mlrun is not None:

@@ -77,10 +77,10 @@ def _check_memory(run_dir: Path, cfg, args) -> None:
     """Refuse before any work a measurement whose arrays alone exceed the available memory."""
     from adaptsym.config import parse_config
     from adaptsym.planning.cost import check_memory_floor
-    from adaptsym.storage.store import RunStore
+    from adaptsym.storage.store import RunStore, store_exists, store_location
 
-    path = run_dir / "results.zarr"
-    if not path.is_dir():
+    path = store_location(run_dir)
+    if not store_exists(path):
         return  # measure_run names the missing store
     root = RunStore.for_run(run_dir, mode="r").attrs()
     if "n_params" not in root or "config" not in root:

@@ -89,7 +89,7 @@ def _loop(config: dict) -> None:
         tracker = Tracker(run_dir.parent, cfg.name)
     mlrun = tracker.run(f"train-{cfg.name}-{name}", params=config["cfg"],
                         tags={"kind": "train", "model": name, "deepspeed_zero_stage": config["zero_stage"],
-                              "zarr_path": store.path.resolve()}, run_id=mlflow_run_id) if tracker else None
+                              "zarr_path": store.url}, run_id=mlflow_run_id) if tracker else None
     run = mlrun.__enter__() if mlrun else None
     n = len(data.x_train)
     stop_after = int(os.environ.get("ADAPTSYM_TEST_KILL_AFTER_EPOCH", "-1"))  # tests: die like a killed job

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     figure(fig_path, families)
     if tracker is not None:
         with tracker.run(f"scale-sweep-{cfg.name}", params={"models": [d["name"] for d in per_model]},
-                         tags={"kind": "scale_sweep", "zarr_path": store.path.resolve()}):
+                         tags={"kind": "scale_sweep", "zarr_path": store.url}):
             for fam, d in families.items():
                 for i, size in enumerate(d["n"]):
                     tracker.log_metrics({f"sweep.{fam}.{k}": d["rows"][k][i] for k in d["rows"]}, step=int(size))

@@ -58,21 +58,23 @@ class MeasureActor:
     def probe_store(self, root: str, nonce: str, index: int) -> dict:
         """The store preflight (`services.preflight`): read the driver's nonce under `root`, then write
         this actor's token beside it. Never raises: a failure is returned with its reason."""
-        from pathlib import Path
+        import fsspec
 
-        d = Path(root) / PREFLIGHT_DIR
         node = ray.get_runtime_context().get_node_id()
+        shown = f"{root}/{PREFLIGHT_DIR}"
         try:
-            got = (d / "nonce").read_text()
-        except OSError as exc:
-            return {"ok": False, "node_id": node, "why": f"cannot read {d / 'nonce'} ({exc.strerror or exc})"}
+            fs, froot = fsspec.core.url_to_fs(root)
+            d = f"{froot}/{PREFLIGHT_DIR}"
+            got = fs.cat_file(f"{d}/nonce").decode()
+        except Exception as exc:  # OSError, a missing bucket, refused credentials, no s3fs
+            return {"ok": False, "node_id": node, "why": f"cannot read {shown}/nonce ({getattr(exc, 'strerror', None) or exc})"}
         if got != nonce:
-            return {"ok": False, "node_id": node, "why": f"{d} holds another nonce: a different store at the same path"}
+            return {"ok": False, "node_id": node, "why": f"{shown} holds another nonce: a different store at the same path"}
         token = f"{nonce}:{node}:{os.getpid()}"
         try:
-            (d / f"actor-{index}").write_text(token)
-        except OSError as exc:
-            return {"ok": False, "node_id": node, "why": f"cannot write in {d} ({exc.strerror or exc})"}
+            fs.pipe_file(f"{d}/actor-{index}", token.encode())
+        except Exception as exc:
+            return {"ok": False, "node_id": node, "why": f"cannot write in {shown} ({getattr(exc, 'strerror', None) or exc})"}
         return {"ok": True, "node_id": node, "token": token}
 
     def run(self, key: tuple, work_ref: list, task):

@@ -9,6 +9,7 @@ driver's files there."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -65,21 +66,22 @@ class LocalCluster:
     nodes: dict = field(default_factory=dict)
 
     def add_worker(self, name: str, gpus: int = 1, cpus: int = 1, private_dir: Path | None = None,
-                   timeout: float = 120) -> Node:
-        """A worker node (`ray start --address ... --block`) in its own process group; with
-        `private_dir`, inside `unshare --mount` with a tmpfs over that directory."""
+                   timeout: float = 120, env: dict | None = None, resources: dict | None = None) -> Node:
+        """A worker node (`ray start --address ... --block`) in its own process group, with the custom
+        resource `name` (and `resources`); with `private_dir`, inside `unshare --mount` with a tmpfs
+        over that directory; `env` adds to its environment (credentials, say)."""
         import ray
 
         before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         cmd = [str(BIN / "ray"), "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-               "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--resources", f'{{"{name}": 1}}',
+               "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--resources", json.dumps({name: 1, **(resources or {})}),
                "--disable-usage-stats", "--block", *node_ports()]
         if private_dir is not None:
             inner = f"mount -t tmpfs tmpfs {private_dir} && exec " + " ".join(
                 f"'{c}'" if c.startswith("{") else c for c in cmd)
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner]
         log = open(self.temp_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env={**ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         t0 = time.monotonic()
         while True:
             alive = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] not in before]

@@ -44,3 +44,25 @@ def _no_tracking_uri_leak():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A local S3 server (moto, 127.0.0.1) with the bucket `adaptsym-test`; this process's AWS_*
+    variables point at it for the session, and the server is stopped at the end."""
+    from services.local_s3 import start_s3_server
+
+    server = start_s3_server(log=tmp_path_factory.mktemp("s3") / "moto.log")
+    before = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        server.make_bucket("adaptsym-test")
+        yield server
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+        assert server.proc.poll() is not None

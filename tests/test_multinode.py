@@ -225,3 +225,75 @@ def test_ray_job_stop_stops_a_measure_cleanly_and_the_rerun_resumes(cluster, tmp
     assert submit("measure", args, cluster.jobs_api, working_dir=str(ROOT), timeout=600, out=out) == 0, \
         out.getvalue()[-3000:]
     assert RunStore.for_run(run_dir, mode="r").is_complete("epoch_0001") and verify_run(run_dir)[0] == []
+
+
+def test_a_bucket_store_across_nodes_a_killed_driver_leaves_a_lease_then_the_rerun_resumes(cluster, reference, s3,
+                                                                                             tmp_path):
+    """The S3 round trip: a run whose store is in a bucket (a local moto server), measured by actors
+    on two worker nodes that have the bucket's credentials. The driver is SIGKILLed after 3 h tiles:
+    its lease on the store is still fresh, so a rerun at once is refused naming the dead driver; once
+    the lease lapses, the rerun computes only the missing tiles, bitwise the single-process arrays."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import uuid
+
+    from adaptsym.storage.runlock import RunLockedError
+    from adaptsym.storage.store import URL_POINTER
+    from services.executor import RayExecutor
+
+    from .test_distributed import ENV, ROOT
+
+    cfg, ref_dir, ref = reference["entries"]
+    for name in ("s3_a", "s3_b"):
+        if name not in cluster.nodes:
+            cluster.add_worker(name, env=s3.env, resources={"bucket": 1})
+    url = f"s3://adaptsym-test/{uuid.uuid4().hex[:10]}/mne-mlp/results.zarr"
+    run_dir = tmp_path / "mne-mlp"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for f in (ref_dir / "checkpoints").glob("*.pt"):
+        (run_dir / "checkpoints" / f.name).write_bytes(f.read_bytes())
+    (run_dir / URL_POINTER).write_text(url)
+    RunStore.for_run(run_dir).set_attrs(RunStore.for_run(ref_dir, mode="r").attrs())
+    lease = 6
+    script = textwrap.dedent(f"""
+        import os, signal
+        from services.cluster import connect
+        from services.executor import RayExecutor
+        from adaptsym.measure import measure_run
+        from adaptsym.observables.entry_blocks import HTileTask
+        from tests.test_multinode import entries_only
+
+        def die(kind, done, total):
+            if kind is HTileTask and done == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        connect({cluster.address!r})
+        measure_run({str(run_dir)!r}, cfg=entries_only("mne"), epochs=[3], progress=False,
+                    executor=RayExecutor(threads_per_actor=1, on_progress=die, actor_resources={{"bucket": 1}}))
+    """)
+    env = {**ENV, **s3.env, "ADAPTSYM_LOCK_LEASE_S": str(lease)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    killed_at = time.monotonic()
+    store = RunStore.for_run(run_dir, mode="r")
+    done = np.asarray(store.root["epoch_0003/hessian_entries/tile_done"][...])
+    assert done.sum() == 3 and done.size > 3
+    with pytest.raises(RunLockedError, match=f"adaptsym measure mne-mlp` \\(pid {proc.pid} "):
+        measure_run(run_dir, cfg=cfg, epochs=[3], progress=False)
+    time.sleep(max(0.0, lease + 1 - (time.monotonic() - killed_at)))
+    ex = RayExecutor(threads_per_actor=1, actor_resources={"bucket": 1})
+    try:
+        nodes = {i["node_id"] for i in ex.info()}
+        assert nodes == {cluster.nodes["s3_a"].node_id, cluster.nodes["s3_b"].node_id}
+        res = measure_run(run_dir, cfg=cfg, epochs=[3], progress=False, executor=ex)
+    finally:
+        ex.close()
+    assert res.scalars[3]["hessian_entries.tiles_computed"] == done.size - 3
+    assert_same(ref_dir, {3: ref.scalars[3]}, run_dir, res.scalars)
+    assert verify_run(run_dir)[0] == []
+    for name in ("s3_a", "s3_b"):
+        cluster.kill(name)

@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import zarr
 
 from ..stats.bootstrap import multinomial_counts, replicates
 from ..stats.comoments import at_minibatch, pool_statistics, rows_all_nonzero, tuple_statistics
@@ -38,7 +37,7 @@ from ..stats.entry_stats import (Z_BATCHES, batch_cuts, forced, moment_intervals
 from ..stats.fdr import StreamingBH
 from ..nets.indexing import ParamIndex
 from ..stats.nonzero import READINGS, differences, mild, pair_rows, product_t
-from ..storage.store import checked
+from ..storage.store import checked, open_group
 from ..util import ceil_div, torch_dtype
 from ..nets.checkpoint import model_from_checkpoint
 from ..curvature.per_example import design_tile
@@ -279,7 +278,7 @@ class EntryBlocks:
         self.work = work
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = torch_dtype(work.mcfg.dtype)
-        self.group = zarr.open_group(work.store_path, mode="a", zarr_format=3)[work.group]
+        self.group = open_group(work.store_path, mode="a")[work.group]
         self._model = None
         self._counts = None
         self._pairs = None

@@ -476,7 +476,7 @@ def measure(ctx: Context) -> Observation:
                                 f"statistics need at least max(s, 20) = {max(ctx.s, 20)}")
         return obs
     ck = ctx.ckpt
-    work = EntryWork(store_path=str(ctx.store.path), group=f"{ctx.group}/hessian_entries", design=ctx.design,
+    work = EntryWork(store_path=ctx.store.url, group=f"{ctx.group}/hessian_entries", design=ctx.design,
                      mcfg=ctx.cfg.measure, s=ctx.s, seed=ctx.cfg.seed, epoch=ctx.epoch, model_spec=ck["model_spec"],
                      input_shape=tuple(ck["input_shape"]), weights=[w.detach().cpu() for w in ck["weights"]],
                      x=ctx.x.detach().cpu(), y=ctx.y.detach().cpu(),

@@ -5,6 +5,11 @@
         epoch_0010/                      one group per measured checkpoint
             <observable>/...             arrays with dimension names (xarray.open_zarr reads them)
 
+The store is a directory, or an object-storage URL (`s3://bucket/prefix/results.zarr`, through
+fsspec and s3fs; credentials and endpoint from the standard AWS_* environment variables). A run
+whose config sets `results_url` keeps its checkpoints in the run directory and its store at
+`<results_url>/<name>/<model>/results.zarr`; the run directory then holds the URL in `results.url`.
+
 A group is marked `complete` in its attributes only after all its arrays are written; readers
 and restarts treat a group without the mark as unfinished.
 
@@ -26,11 +31,13 @@ from typing import Sequence
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from ..errors import UserFacingError
 from ..util import ceil_div
 
 STORE_NAME = "results.zarr"
+URL_POINTER = "results.url"  # in a run directory whose store lives at a URL: that URL
 
 
 class StoreError(UserFacingError, FileNotFoundError):
@@ -76,8 +83,23 @@ def touched_chunks(arr, selection=Ellipsis) -> list[tuple[int, ...]]:
     return [tuple(int(i) for i in t) for t in itertools.product(*ranges)]
 
 
-def chunk_file(root: Path, arr, coords: tuple[int, ...]) -> Path:
-    return Path(root) / arr.path / arr.metadata.encode_chunk_key(coords)
+def is_url(path) -> bool:
+    """An fsspec URL (s3://, gs://, memory://...), not a local path."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def chunk_key(arr, coords: tuple[int, ...]) -> str:
+    return f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(coords)}".lstrip("/")
+
+
+def chunk_exists(arr, coords: tuple[int, ...]) -> bool:
+    """Asked of the array's own zarr store: a file on disk, an object in a bucket."""
+    return bool(sync(arr.store_path.store.exists(chunk_key(arr, coords))))
+
+
+def chunk_file(root, arr, coords: tuple[int, ...]) -> str:
+    """Where a chunk lives, for messages: a path or a URL."""
+    return f"{str(root).rstrip('/')}/{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
 
 
 def chunk_slices(arr, coords) -> tuple[slice, ...]:
@@ -89,7 +111,7 @@ def chunk_faults(root: Path, arr, coords_list, decode: bool = True) -> list[str]
     faults = []
     for coords in coords_list:
         f = chunk_file(root, arr, coords)
-        if not f.is_file():
+        if not chunk_exists(arr, coords):
             faults.append(f"chunk {coords} is missing ({f})")
         elif decode:
             try:
@@ -148,18 +170,56 @@ def _from_json(value):
     return value
 
 
+def store_location(run_dir: str | os.PathLike) -> str | Path:
+    """The run's store: `results.zarr` in the run directory, or the URL its `results.url` names."""
+    pointer = Path(run_dir) / URL_POINTER
+    if pointer.is_file():
+        return pointer.read_text().strip()
+    return Path(run_dir) / STORE_NAME
+
+
+def store_exists(path: str | os.PathLike) -> bool:
+    if is_url(path):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(str(path))
+        return fs.exists(f"{root}/zarr.json")
+    return Path(path).exists()
+
+
+def open_group(path: str | os.PathLike, mode: str = "a") -> zarr.Group:
+    """The zarr root group at a path or URL. At a URL, fsspec's listing cache is off: tiles that other
+    processes write must be seen, and a cached directory listing would hide them."""
+    if not is_url(path):
+        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    from zarr.storage import FsspecStore
+
+    try:
+        store = FsspecStore.from_url(str(path), storage_options={"use_listings_cache": False},
+                                     read_only=mode == "r")
+    except ImportError as exc:  # s3fs missing
+        raise StoreError(f"cannot open {path}: {exc}; install adaptsym's `s3` extra (pip install -e '.[s3]')") from None
+    return zarr.open_group(store, mode=mode, zarr_format=3)
+
+
 class RunStore:
-    """A run's zarr v3 store on disk."""
+    """A run's zarr v3 store: a directory, or a URL (`s3://...`).
+
+    `path` is a Path for a directory and the URL string otherwise; `url` is always a string every
+    process can open the store with (an absolute path or the URL)."""
 
     def __init__(self, path: str | os.PathLike, mode: str = "a"):
-        self.path = Path(path)
-        if mode == "r" and not self.path.exists():
+        remote = is_url(path)
+        self.path = str(path).rstrip("/") if remote else Path(path)
+        self.url = self.path if remote else str(self.path.resolve())
+        self.remote = remote
+        if mode == "r" and not store_exists(self.path):
             raise StoreError(f"no zarr store at {self.path}; run `adaptsym train`/`measure` first")
-        self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+        self.root = open_group(self.url, mode)
 
     @classmethod
     def for_run(cls, run_dir: str | os.PathLike, mode: str = "a") -> "RunStore":
-        return cls(Path(run_dir) / STORE_NAME, mode=mode)
+        return cls(store_location(run_dir), mode=mode)
 
     # ------------------------------------------------------------------ attributes
     def set_attrs(self, attrs: dict, group: str | None = None) -> None:
@@ -270,4 +330,4 @@ class RunStore:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return xr.open_zarr(str(self.path), group=group, consolidated=False, zarr_format=3)
+            return xr.open_zarr(self.url, group=group, consolidated=False, zarr_format=3)

@@ -1,7 +1,10 @@
 """MLflow tracking: one run per training or measurement job, nested runs per checkpoint.
 
 The default store is a sqlite file `mlflow.db` in the parent of the run directories, with
-artifacts beside it in `mlartifacts/`; `MLFLOW_TRACKING_URI` overrides both. An HTTP tracking
+artifacts beside it in `mlartifacts/`; `MLFLOW_TRACKING_URI` overrides both, and
+`ADAPTSYM_MLFLOW_ARTIFACTS` (an s3:// URL: clusters without a shared filesystem) puts the artifacts of
+experiments created from then on there (MLflow fixes an experiment's artifact location when it
+creates it; an HTTP server sets its own with `--artifacts-destination`). An HTTP tracking
 server that does not answer fails the job at once with its URI named, unless
 `ADAPTSYM_MLFLOW_FALLBACK=local`, which logs to the local sqlite store instead and says so
 (the results are never lost). Runs made inside a Ray job submitted by `adaptsym submit` are
@@ -86,8 +89,8 @@ class Tracker:
         with self._init_lock():  # processes sharing a sqlite store create its schema one at a time
             exp = mlflow.get_experiment_by_name(experiment)
             if exp is None:
-                artifacts = None
-                if self.uri.startswith("sqlite:"):
+                artifacts = os.environ.get("ADAPTSYM_MLFLOW_ARTIFACTS")  # s3://bucket/prefix, say
+                if artifacts is None and self.uri.startswith("sqlite:"):
                     artifacts = (self.runs_root / "mlartifacts").resolve().as_uri()
                 mlflow.create_experiment(experiment, artifact_location=artifacts)
             exp = mlflow.set_experiment(experiment)
