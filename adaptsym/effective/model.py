@@ -20,8 +20,9 @@ BP is exact on trees and close to exact for weak couplings; `exact_moments` enum
 states as the brute-force reference (N <= 20).
 
 Boltzmann learning (eq. 5): J += eta (C_data - C_model), h += eta (m_data - m_model), model
-moments from BP warm-started at the last fixed point, until the fit error Delta of eq. 6 is
-below `target` or after `max_steps` steps.
+moments from BP warm-started at the last fixed point (or exact), with a line search on the
+negative log-likelihood (Newton's direction with exact moments), until the fit error Delta of
+eq. 6 is below `target` or after `max_steps` steps.
 
 Entropy landscape (eqs. 7-9, B6-B7): the field x sum_i s*_i s_i towards a reference s* is
 added by h_i -> h_i + x s*_i. At each x of a sweep (warm-started from the previous x, so the
@@ -278,13 +279,41 @@ class FitResult:
 
 
 def _model_moments(J, h, moments, M, damping, bp_tol, bp_max_iter):
+    """(m, C, ln Z, messages, BP iterations): exact by enumeration, or BP's (ln Z ~ -F_Bethe)."""
     if moments == "exact":
         ex = exact_moments(J, h)
-        return ex.m, ex.C, None, 0
+        return ex.m, ex.C, -ex.free_energy, None, 0
     if moments == "bp":
         bp = belief_propagation(J, h, M, damping=damping, tol=bp_tol, max_iter=bp_max_iter, check_stability=False)
-        return bp.m, bp.C, bp.messages, bp.iterations
+        return bp.m, bp.C, -bp.free_energy, bp.messages, bp.iterations
     raise ValueError(f"moments must be 'bp' or 'exact', not {moments!r}")
+
+
+def exact_fisher(J: np.ndarray, h: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+    """The covariance of the sufficient statistics (s_i, then s_i s_j for i < j) under the model,
+    by enumeration: the Hessian of ln Z in (h, J upper triangle), so Newton's step of Boltzmann
+    learning with exact moments."""
+    n = h.shape[0]
+    iu = np.triu_indices(n, 1)
+    s = all_states(n)
+    logw = -energies(J, h, s)
+    p = np.exp(logw - np.logaddexp.reduce(logw))
+    k = n + len(iu[0])
+    second, mean = np.zeros((k, k)), np.zeros(k)
+    for a in range(0, len(s), chunk):
+        x = s[a:a + chunk]
+        phi = np.concatenate([x, x[:, iu[0]] * x[:, iu[1]]], axis=1)
+        w = p[a:a + chunk]
+        mean += w @ phi
+        second += (phi * w[:, None]).T @ phi
+    return second - np.outer(mean, mean)
+
+
+def _objective(lnZ, J, h, m_data, C_data) -> float:
+    """The negative mean log-likelihood of the data moments, ln Z - sum_{i<j} J_ij C_ij - h . m:
+    convex in (J, h), its gradient the moment mismatch (model minus data)."""
+    iu = np.triu_indices(h.shape[0], 1)
+    return float(lnZ - J[iu] @ C_data[iu] - h @ m_data)
 
 
 def boltzmann_learning(m_data: np.ndarray, C_data: np.ndarray, eta: float = 0.5, target: float = 0.01,
@@ -292,41 +321,65 @@ def boltzmann_learning(m_data: np.ndarray, C_data: np.ndarray, eta: float = 0.5,
                        bp_max_iter: int = 2000, adapt: bool = True, on_step=None) -> FitResult:
     """Fit (J, h) to the data moments by eq. 5. `moments`: "bp" (belief propagation, warm-started)
     or "exact" (enumeration, N <= 20: the reference). Starts from the independent model
-    (J = 0, h = atanh m_data). With `adapt`, a step that raises Delta, or after which belief
-    propagation does not converge, is undone and retried with half the rate; an accepted step
-    raises the rate by 10% (up to `eta`); the fit stops when the rate falls below 1e-4 eta
-    (stalled). `max_steps` counts attempted steps, accepted or not. A fixed rate diverges on strongly correlated ensembles
-    (the likelihood's curvature grows with N along collective modes). `on_step(step, delta,
-    rate)` is called after each accepted step; Delta is that of the returned model."""
+    (J = 0, h = atanh m_data).
+
+    The moment-matching step descends the negative log-likelihood L = ln Z - J.C_data - h.m_data
+    (convex; ln Z from enumeration, or -F_Bethe under BP, whose gradient at a fixed point is BP's
+    moments), not the fit error Delta: a rule that accepts only steps lowering Delta stalls where
+    the two disagree (measured: Delta 0.04-0.06 on strong dense models with exact moments). So with
+    `adapt` each step is a backtracking line search on L (Armijo, c = 1e-4): the step is halved
+    until L falls enough (or BP converges), an accepted step raises the rate by 10% (up to `eta`),
+    and the fit stops when no step of 1e-4 eta lowers L (stalled). With exact moments the
+    direction is Newton's (the exact Fisher matrix, `exact_fisher`) from a full step, so the fit
+    converges quadratically; with BP it is the moment mismatch itself. Without `adapt`: plain
+    steps of `eta`. Stops when Delta < `target` or after `max_steps` attempted steps.
+    `on_step(step, delta, rate)` is called after each accepted step; Delta is that of the
+    returned model."""
     n = m_data.shape[0]
+    iu = np.triu_indices(n, 1)
     m_clip = np.clip(m_data, -1 + 1e-6, 1 - 1e-6)
     J, h = np.zeros((n, n)), np.arctanh(m_clip)
-    m_mod, C_mod, M, it = _model_moments(J, h, moments, None, damping, bp_tol, bp_max_iter)
+    m_mod, C_mod, lnZ, M, it = _model_moments(J, h, moments, None, damping, bp_tol, bp_max_iter)
     delta = fit_error(m_data, C_data, m_mod, C_mod)
+    loss = _objective(lnZ, J, h, m_data, C_data)
     deltas, iters, rate, tries = [delta], [it], eta, 0
+    newton = moments == "exact" and adapt
     if on_step is not None:
         on_step(0, delta, rate)
     while delta >= target and tries < max_steps:
         tries += 1
-        dC = C_data - C_mod
-        np.fill_diagonal(dC, 0.0)
-        J_new, h_new = J + rate * dC, h + rate * (m_data - m_mod)
-        try:
-            m_new, C_new, M_new, it = _model_moments(J_new, h_new, moments, M, damping, bp_tol, bp_max_iter)
-            d_new = fit_error(m_data, C_data, m_new, C_new)
-        except NotConvergedError:
-            if not adapt:
-                raise
-            d_new = np.inf
-        if adapt and not d_new < delta:
-            rate /= 2
-            if rate < eta * 1e-4:  # no step of any useful size lowers Delta: stalled
+        g = np.concatenate([m_data - m_mod, (C_data - C_mod)[iu]])  # minus the gradient of L
+        if newton:
+            F = exact_fisher(J, h)
+            step = np.linalg.lstsq(F + 1e-10 * np.eye(len(g)), g, rcond=None)[0]
+            r = 1.0
+        else:
+            step, r = g, rate
+        while True:
+            dJ = np.zeros((n, n))
+            dJ[iu] = step[n:]
+            dJ = dJ + dJ.T
+            J_new, h_new = J + r * dJ, h + r * step[:n]
+            try:
+                m_new, C_new, lnZ_new, M_new, it = _model_moments(J_new, h_new, moments, M, damping, bp_tol,
+                                                                  bp_max_iter)
+                loss_new = _objective(lnZ_new, J_new, h_new, m_data, C_data)
+            except NotConvergedError:
+                if not adapt:
+                    raise
+                loss_new = np.inf
+            if not adapt or loss_new <= loss - 1e-4 * r * float(g @ step):
                 break
-            continue
-        J, h, m_mod, C_mod, M, delta = J_new, h_new, m_new, C_new, M_new, d_new
+            r /= 2
+            if r < (1.0 if newton else eta) * 1e-4:
+                break
+        if adapt and not loss_new <= loss - 1e-4 * r * float(g @ step):
+            break  # no step of any useful size lowers L: stalled
+        J, h, m_mod, C_mod, M, loss = J_new, h_new, m_new, C_new, M_new, loss_new
+        delta = fit_error(m_data, C_data, m_mod, C_mod)
         deltas.append(delta)
         iters.append(it)
-        rate = min(eta, rate * 1.1) if adapt else rate
+        rate = min(eta, r * 1.1) if adapt and not newton else rate
         if on_step is not None:
             on_step(len(deltas) - 1, delta, rate)
     return FitResult(J, h, m_mod, C_mod, deltas, iters, delta < target, M)
