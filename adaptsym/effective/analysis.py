@@ -13,9 +13,12 @@ reference configuration's weights in that part.
 Written to `effective/<scenario>/<part>/` in the run's zarr store:
     J (weight, weight_b), h, m_data, C_data, m_model, C_model, delta (step), delta_bp (bp_step)
     energy_density (configuration)            full part only: E(s)/N of every configuration
-    x (x), d / q / entropy / free_energy / energy / converged / residual
-        (reference, direction, x): direction 0 sweeps x from +x_max down, 1 back up
-with the fit's `steps`, `converged`, `delta`, `rank_deficient` and the references in attributes.
+    x (x), d / q / entropy / free_energy / energy / converged / residual / stable
+        (reference, direction, x): direction 0 sweeps x from +x_max down, 1 back up; `stable`:
+        the BP fixed point attracts its iteration (`unstable_points` counts those that do not)
+with the fit's `steps`, `converged`, `delta`, `rank_deficient` and the references in attributes,
+and the BP fit's final model checked from several starts (`model.bp_solve`): `bp_stable`,
+`bp_fixed_points` (distinct stable ones; more than 1: several phases) and `bp_jacobian_radius`.
 
 Fit (`fit.moments`): Boltzmann learning on BP moments (`delta_bp` its Delta per step); with
 `gibbs`, then persistent-contrastive-divergence steps from the BP fit on Gibbs-sampled moments
@@ -25,9 +28,11 @@ noise is `delta_noise`. With `bp`, `delta` is `delta_bp`.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from .model import boltzmann_learning, data_moments, s_upper, sweep
+from .model import UnstableFixedPointWarning, boltzmann_learning, bp_solve, data_moments, s_upper, sweep
 from .config import EffectiveConfig
 from .gibbs import pcd_learning
 from ..storage.store import RunStore
@@ -87,7 +92,13 @@ def fit_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, co
                             ("delta", np.array(fit.deltas), ("step",)), ("delta_bp", np.array(bp_fit.deltas), ("bp_step",))):
         store.write(g, name, arr, dims)
     k = configs.shape[0]
-    summary = {"n_weights": n, "configurations": k, "moments": f.moments, "steps": bp_fit.steps - 1,
+    # the BP fit's final model from several starts: is its fixed point stable and the only one?
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableFixedPointWarning)
+        ms = bp_solve(bp_fit.J, bp_fit.h, damping=f.damping, tol=f.bp_tol, max_iter=f.bp_max_iter, seed=cfg.seed)
+    summary = {"bp_stable": bool(ms.best.converged and ms.best.stable), "bp_fixed_points": ms.n_stable_points,
+               "bp_jacobian_radius": float(ms.best.jacobian_radius) if ms.best.converged else float("nan"),
+               "n_weights": n, "configurations": k, "moments": f.moments, "steps": bp_fit.steps - 1,
                "delta_bp": bp_fit.deltas[-1], "delta": fit.deltas[-1], "converged": bool(fit.converged),
                "target": f.target, "bp_iterations_last": bp_fit.bp_iterations[-1], "rank_deficient": bool(k <= n)}
     if f.moments == "gibbs":
@@ -105,6 +116,7 @@ def landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: s
     shape = (len(references), 2, len(xs))
     out = {k: np.zeros(shape) for k in LANDSCAPE_FIELDS}
     conv = np.zeros(shape, dtype=bool)
+    stable = np.zeros(shape, dtype=bool)
     bp = {"damping": cfg.fit.damping, "tol": cfg.fit.bp_tol, "max_iter": cfg.fit.bp_max_iter}
     for r, ref in enumerate(references):
         down, M = sweep(J, h, ref, xs, **bp)
@@ -114,6 +126,7 @@ def landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: s
                 for key in LANDSCAPE_FIELDS:
                     out[key][r, direction, i] = getattr(p, key)
                 conv[r, direction, i] = p.converged
+                stable[r, direction, i] = p.stable
         if progress is not None:
             progress(1)
     g = group(scenario, part)
@@ -121,6 +134,7 @@ def landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: s
     for key, arr in out.items():
         store.write(g, key, arr, ("reference", "direction", "x"))
     store.write(g, "converged", conv, ("reference", "direction", "x"))
+    store.write(g, "stable", stable, ("reference", "direction", "x"))  # BP fixed point attracts its iteration
     s, d = out["entropy"], out["d"]
     inside = conv & (d > 1e-3) & (d < 1 - 1e-3)
     ratio = np.where(inside, s / np.maximum(s_upper(d), 1e-300), np.nan)
@@ -128,7 +142,8 @@ def landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: s
     summary = {"hysteresis_max_gap": float(gap.max()), "max_d_jump": float(np.abs(np.diff(d, axis=-1)).max()),
                "entropy_over_bound_mean": float(np.nanmean(ratio)) if np.isfinite(ratio).any() else float("nan"),
                "entropy_excess_max": float(np.max(np.where(conv, s - s_upper(d), -np.inf))),
-               "nonconverged_points": int((~conv).sum()), "max_residual": float(out["residual"].max())}
+               "nonconverged_points": int((~conv).sum()), "max_residual": float(out["residual"].max()),
+               "unstable_points": int((conv & ~stable).sum())}
     store.set_attrs(summary, group=g)
     return summary
 

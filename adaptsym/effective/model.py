@@ -173,6 +173,82 @@ def belief_propagation(J: np.ndarray, h: np.ndarray, messages: np.ndarray | None
     return res
 
 
+class UnstableFixedPointError(UserFacingError, RuntimeError):
+    """Strict mode: belief propagation found no stable fixed point, or several."""
+
+
+@dataclass
+class MultiStartBP:
+    """`bp_solve`'s answer: the chosen fixed point and what the other starts found."""
+
+    best: BPResult  # the stable converged point of lowest Bethe free energy (else the lowest of all)
+    free_energies: list[float]  # of every start (nan where it did not converge)
+    stable: list[bool]  # of every start
+    n_stable_points: int  # distinct stable fixed points (magnetisations differing by more than 1e-4)
+
+    points: list = field(default_factory=list, repr=False)  # the distinct stable fixed points, lowest F first
+
+    @property
+    def unique(self) -> bool:
+        return self.n_stable_points == 1
+
+    def mixture(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(m, C, ln Z) of the distinct stable points weighted by exp(-F): the Bethe approximation
+        of a measure with several phases (each phase one Bethe state), e.g. m = 0 for the
+        symmetric ferromagnet whose phases are +-m."""
+        pts = self.points or [self.best]
+        w = -np.array([p.free_energy for p in pts])
+        lnZ = float(np.logaddexp.reduce(w))
+        w = np.exp(w - lnZ)
+        return sum(wi * p.m for wi, p in zip(w, pts)), sum(wi * p.C for wi, p in zip(w, pts)), lnZ
+
+    @property
+    def ok(self) -> bool:
+        return self.unique and self.best.converged and self.best.stable
+
+
+def bp_solve(J: np.ndarray, h: np.ndarray, starts: int = 4, seed: int = 0, strict: bool = False,
+             damping: float = 0.5, tol: float = 1e-9, max_iter: int = 2000) -> MultiStartBP:
+    """Belief propagation from several initial messages: M = tanh(h) (the default start), all
+    +0.9, all -0.9, and `starts - 3` random ones. Keeps the converged, stable fixed point with the
+    lowest Bethe free energy. Flags, warns, or with `strict` refuses (UnstableFixedPointError):
+    no stable fixed point, or several distinct ones (a model with more than one phase, whose
+    Gibbs measure a single Bethe state cannot represent: BP's moments are then those of one phase)."""
+    import warnings
+
+    check_model(J, h)
+    n = h.shape[0]
+    rng = np.random.default_rng(seed)
+    inits = [None, np.full((n, n), 0.9), np.full((n, n), -0.9)]
+    inits += [rng.uniform(-0.9, 0.9, (n, n)) for _ in range(max(0, starts - 3))]
+    runs = []
+    for M0 in inits[:max(starts, 1)]:
+        if M0 is not None:
+            np.fill_diagonal(M0, 0.0)
+        r = belief_propagation(J, h, M0, damping=damping, tol=tol, max_iter=max_iter, strict=False,
+                               check_stability=False)
+        runs.append(r)
+    good = [r for r in runs if r.converged and r.stable]
+    distinct: list[BPResult] = []
+    for r in sorted(good, key=lambda r: r.free_energy):
+        if all(np.abs(r.m - d.m).max() > 1e-4 for d in distinct):
+            distinct.append(r)
+    pool = distinct or [r for r in runs if r.converged] or runs
+    best = min(pool, key=lambda r: r.free_energy if np.isfinite(r.free_energy) else np.inf)
+    out = MultiStartBP(best, [r.free_energy if r.converged else float("nan") for r in runs],
+                       [bool(r.converged and r.stable) for r in runs], len(distinct), distinct)
+    if not out.ok:
+        why = ("no start reached a stable fixed point" if not distinct else
+               f"{len(distinct)} distinct stable fixed points (Bethe free energies "
+               + ", ".join(f"{r.free_energy:.4g}" for r in distinct) + "): the model has more than one phase and BP's "
+               "moments are those of the lowest one only")
+        if strict:
+            raise UnstableFixedPointError(f"belief propagation: {why}; use exact or sampled moments (Gibbs with "
+                                          "tempering) for this model")
+        warnings.warn(f"belief propagation: {why}", UnstableFixedPointWarning, stacklevel=2)
+    return out
+
+
 def _observables(J, h, M, iterations, residual, converged, damping=0.5) -> BPResult:
     n = h.shape[0]
     t = np.tanh(J)
@@ -405,17 +481,20 @@ class LandscapePoint:
     converged: bool
     residual: float
     iterations: int
+    stable: bool = True  # the fixed point attracts the iteration (`BPResult.stable`; False if not converged)
 
 
 def landscape_point(J, h, reference, x, messages=None, **bp) -> tuple[LandscapePoint, np.ndarray]:
-    """The fixed point at coupling field x towards `reference` (+-1), and its messages."""
+    """The fixed point at coupling field x towards `reference` (+-1), and its messages. Its
+    stability is recorded on the point (no warning per point: the landscape counts them)."""
     n = h.shape[0]
     ref = np.asarray(reference, dtype=np.float64)
-    r = belief_propagation(J, h + x * ref, messages, strict=False, **bp)
+    r = belief_propagation(J, h + x * ref, messages, strict=False, check_stability=False, **bp)
     q = float(r.m @ ref / n)
     energy = float(-(J[np.triu_indices(n, 1)] * r.C[np.triu_indices(n, 1)]).sum() - h @ r.m)
     f, e = r.free_energy / n, energy / n
-    return LandscapePoint(x, q, (1 - q) / 2, f, e, -f + e - x * q, r.converged, r.residual, r.iterations), r.messages
+    return LandscapePoint(x, q, (1 - q) / 2, f, e, -f + e - x * q, r.converged, r.residual, r.iterations,
+                          bool(r.converged and r.stable)), r.messages
 
 
 def sweep(J, h, reference, xs, messages=None, **bp) -> tuple[list[LandscapePoint], np.ndarray]:
