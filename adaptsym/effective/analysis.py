@@ -23,7 +23,8 @@ and the BP fit's final model checked from several starts (`model.bp_solve`): `bp
 Fit (`fit.moments`): Boltzmann learning on BP moments (`delta_bp` its Delta per step); with
 `gibbs`, then persistent-contrastive-divergence steps from the BP fit on Gibbs-sampled moments
 (`adaptsym.effective.gibbs`), and `delta` ends with the Delta of a long sampled estimate, whose sampling
-noise is `delta_noise`. With `bp`, `delta` is `delta_bp`.
+noise is `delta_noise` and whose chains' largest R-hat is `gibbs_rhat` (`gibbs_mixed`: below 1.1;
+above, `delta_noise` understates the error). With `bp`, `delta` is `delta_bp`.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def fit_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, co
                "target": f.target, "bp_iterations_last": bp_fit.bp_iterations[-1], "rank_deficient": bool(k <= n)}
     if f.moments == "gibbs":
         # the reported Delta is of sampled moments: its sampling noise adds in quadrature (`gibbs`)
-        summary.update(gibbs_steps=f.gibbs.steps, delta_noise=fit.noise, samples=f.gibbs.chains * f.gibbs.eval_sweeps)
+        summary.update(gibbs_steps=f.gibbs.steps, delta_noise=fit.noise, samples=f.gibbs.chains * f.gibbs.eval_sweeps,
+                       gibbs_rhat=fit.rhat, gibbs_mixed=bool(fit.rhat is not None and fit.rhat < 1.1))
     store.set_attrs(summary, group=g)
     return {"fit": fit, **summary}
 

@@ -17,6 +17,9 @@ sweeps). Their sampling noise enters Delta as an upward bias, E[Delta^2] = Delta
 noise^2; `GibbsMoments.noise` estimates that noise term from the spread of the per-sweep
 means, treated as independent: exact when successive sweeps are independent (J = 0, tested
 against the closed form), a lower bound when they are positively correlated (slow mixing).
+Mixing is checked by the Gelman-Rubin R-hat over the chains (`GibbsMoments.rhat`, the largest
+over the spins): chains that stay in different phases of a two-phase model give R-hat far above
+1.1 (`mixed` False), and then `noise` says nothing about the error.
 
 Learning (eq. 5 with sampled moments): from a start (J, h) and chains drawn from the data,
 each step runs `sweeps_per_step` sweeps and moves J += r (C_data - C_chains), h += r (m_data -
@@ -38,13 +41,20 @@ from scipy.special import expit
 from .model import FitResult, check_model, fit_error
 
 
-def gibbs_sweep(S: np.ndarray, J: np.ndarray, h: np.ndarray, rng: np.random.Generator, block: int = 32) -> None:
-    """One sequential Gibbs sweep of every chain (rows of S, float, +-1), in place."""
+def gibbs_sweep(S: np.ndarray, J: np.ndarray, h: np.ndarray, rng: np.random.Generator, block: int = 32,
+                scale: np.ndarray | None = None) -> None:
+    """One sequential Gibbs sweep of every chain (rows of S, float, +-1), in place. `h` is one
+    field vector (n,) or one per chain (chains, n); `scale` (chains,) multiplies J per chain
+    (chain r samples exp(scale_r sum_{i<j} J_ij s_i s_j + h_r . s): tempering ladders)."""
     n = S.shape[1]
     order = rng.permutation(n)
+    lam = None if scale is None else np.asarray(scale, dtype=np.float64)[:, None]
     for b0 in range(0, n, block):
         idx = order[b0:b0 + block]
-        F = S @ J[:, idx] + h[idx]  # fields of the block's sites from the current states
+        F = S @ J[:, idx]  # fields of the block's sites from the current states
+        if lam is not None:
+            F *= lam
+        F += h[..., idx]
         Jb = J[np.ix_(idx, idx)]
         U = rng.random(F.shape)
         for k, i in enumerate(idx):
@@ -52,7 +62,23 @@ def gibbs_sweep(S: np.ndarray, J: np.ndarray, h: np.ndarray, rng: np.random.Gene
             d = new - S[:, i]
             S[:, i] = new
             if k + 1 < len(idx):
-                F[:, k + 1:] += np.outer(d, Jb[k, k + 1:])
+                F[:, k + 1:] += np.outer(d if lam is None else d * lam[:, 0], Jb[k, k + 1:])
+
+
+def rhat(chain_means: np.ndarray, chain_vars: np.ndarray, length: int) -> np.ndarray:
+    """Gelman-Rubin potential scale reduction per quantity, from each chain's mean and variance
+    over `length` draws (chains on axis 0): sqrt(((T-1)/T W + B/T) / W), W the mean within-chain
+    variance, B = T x the variance of the chain means. 1 when the chains agree; well above 1
+    (1.1 is the usual bound) when they sit in different regions, e.g. in different phases."""
+    T = length
+    W = chain_vars.mean(0)
+    B = T * chain_means.var(0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.sqrt(((T - 1) / T * W + B / T) / W)
+    return np.where(W > 0, out, np.where(B > 0, np.inf, 1.0))
+
+
+RHAT_BOUND = 1.1
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,12 @@ class GibbsMoments:
     C: np.ndarray
     samples: int  # sweeps averaged x chains
     noise: float  # estimated sampling-noise contribution to Delta (root mean square over m and C)
+    rhat: float = float("nan")  # the largest Gelman-Rubin R-hat over the spins' magnetisations (`rhat`)
+
+    @property
+    def mixed(self) -> bool:
+        """R-hat below 1.1: the chains agree; above, `noise` understates the error (slow mixing)."""
+        return bool(self.rhat < RHAT_BOUND)
 
 
 def sampled_moments(S: np.ndarray, J: np.ndarray, h: np.ndarray, rng: np.random.Generator, samples: int,
@@ -72,10 +104,16 @@ def sampled_moments(S: np.ndarray, J: np.ndarray, h: np.ndarray, rng: np.random.
     n, k = S.shape[1], S.shape[0]
     iu = np.triu_indices(n, 1)
     ms, cs = [], []
+    per_chain = np.zeros_like(S)
     for _ in range(samples):
         gibbs_sweep(S, J, h, rng, block)
         ms.append(S.mean(0))
         cs.append((S.T @ S / k)[iu])
+        per_chain += S
+    per_chain /= samples
+    # each chain's spins over time: mean mbar, variance of the +-1 draws (1 - mbar^2) T / (T - 1)
+    r = rhat(per_chain, (1 - per_chain**2) * samples / max(samples - 1, 1), samples) \
+        if samples > 1 and k > 1 else np.array([np.nan])
     m, c = np.mean(ms, axis=0), np.mean(cs, axis=0)
     C = np.eye(n)
     C[iu] = c
@@ -86,7 +124,7 @@ def sampled_moments(S: np.ndarray, J: np.ndarray, h: np.ndarray, rng: np.random.
         noise = float(np.sqrt(var_m + var_c))
     else:
         noise = float("nan")
-    return GibbsMoments(m, C, samples * k, noise)
+    return GibbsMoments(m, C, samples * k, noise, float(np.max(r)))
 
 
 def pcd_learning(m_data: np.ndarray, C_data: np.ndarray, configs: np.ndarray, J0: np.ndarray | None = None,
@@ -127,4 +165,5 @@ def pcd_learning(m_data: np.ndarray, C_data: np.ndarray, configs: np.ndarray, J0
     final = sampled_moments(S, J, h, rng, eval_sweeps, burn=2, block=block)
     delta = fit_error(m_data, C_data, final.m, final.C)
     deltas.append(delta)
-    return FitResult(J, h, final.m, final.C, deltas, [0] * len(deltas), delta < target, noise=final.noise)
+    return FitResult(J, h, final.m, final.C, deltas, [0] * len(deltas), delta < target, noise=final.noise,
+                     rhat=final.rhat)

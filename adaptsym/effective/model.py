@@ -348,6 +348,7 @@ class FitResult:
     converged: bool  # Delta < target
     messages: np.ndarray | None = field(default=None, repr=False)
     noise: float | None = None  # sampled moments (`gibbs`): the sampling noise in the last Delta
+    rhat: float | None = None  # sampled moments: the chains' largest R-hat in that estimate (> 1.1: not mixed)
 
     @property
     def steps(self) -> int:
