@@ -20,7 +20,8 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from adaptsym.effective.analysis import (ENERGY_CLASSES, fit_part, group, landscape_part, parts, pick_references)
+from adaptsym.effective.analysis import (ENERGY_CLASSES, fit_part, group, landscape_part, parts, pick_references,
+                                         sampled_landscape_part)
 from adaptsym.effective.model import energies
 from adaptsym.effective.report import write_report
 from adaptsym.effective.collection import read_ensemble
@@ -61,6 +62,14 @@ def analyse_scenario(cfg: EffectiveConfig, store: RunStore, scenario: str, track
                 summary.update(landscape_part(store, cfg, scenario, part, fit.J, fit.h,
                                               configs[refs][:, idx].astype(np.float64), progress=bar.update))
                 bar.close()
+                if cfg.landscape.sampled is not None:
+                    sp = cfg.landscape.sampled
+                    bar = tqdm(total=len(refs) * (sp.sweeps + sp.burn), desc=f"sampled landscape {scenario}/{part}",
+                               unit="sweep", disable=bar_off(progress))
+                    summary.update(sampled_landscape_part(store, cfg, scenario, part, fit.J, fit.h,
+                                                          configs[refs][:, idx].astype(np.float64),
+                                                          progress=bar.update))
+                    bar.close()
                 store.set_attrs({"reference_configurations": refs,
                                  "reference_classes": [c for c in ENERGY_CLASSES for _ in refs_idx[c]]}, group=g)
             summary["seconds"] = time.perf_counter() - t0

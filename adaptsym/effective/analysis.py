@@ -13,6 +13,9 @@ reference configuration's weights in that part.
 Written to `effective/<scenario>/<part>/` in the run's zarr store:
     J (weight, weight_b), h, m_data, C_data, m_model, C_model, delta (step), delta_bp (bp_step)
     energy_density (configuration)            full part only: E(s)/N of every configuration
+    sampled/                                  with landscape.sampled: the same landscape by parallel
+        tempering (`tempering`): x, q, d, entropy, free_energy, energy (+ _se), rhat (reference, x),
+        d_histogram (reference, x, d_index), swap_rate; gaps and verdicts (`gap_verdict`)
     x (x), d / q / entropy / free_energy / energy / converged / residual / stable
         (reference, direction, x): direction 0 sweeps x from +x_max down, 1 back up; `stable`:
         the BP fixed point attracts its iteration (`unstable_points` counts those that do not)
@@ -35,7 +38,8 @@ import numpy as np
 
 from .model import UnstableFixedPointWarning, boltzmann_learning, bp_solve, data_moments, s_upper, sweep
 from .config import EffectiveConfig
-from .gibbs import pcd_learning
+from .gibbs import RHAT_BOUND, pcd_learning
+from .tempering import GAP_LEVEL, tempered_landscape
 from ..storage.store import RunStore
 
 ENERGY_CLASSES = ("low", "medium", "high")
@@ -182,3 +186,63 @@ def correlation_diagnostics(widths, idx, m_data, C_data, C_model) -> dict:
     return {"rms_connected_shared_unit": rms(conn, sh), "rms_connected_other": rms(conn, other),
             "rms_C_error_shared_unit": rms(err, sh), "rms_C_error_other": rms(err, other),
             "pairs_shared_unit": int(sh.sum() // 2), "pairs_other": int(other.sum() // 2)}
+
+
+SAMPLED_FIELDS = ("q", "q_se", "d", "d_se", "entropy", "entropy_se", "free_energy", "free_energy_se", "energy",
+                  "energy_se", "rhat")
+
+
+def gap_verdict(width: float, low: float, d_min: float, n: int) -> str:
+    """The sampled landscape's reading of "shattered" for one reference. `connected`: every d
+    between the extremes of d(x) is reached with probability above GAP_LEVEL at some x (no gap
+    wider than 2/N). `isolated reference`: the gap starts at the smallest d reached, so near the
+    reference nothing is reached but the reference's own neighbourhood (Zou & Huang's shattered
+    space, an isolated configuration). `gap between states`: a band of d inside the range, between
+    two regions that are each reached (phase coexistence, as in a two-phase ferromagnet)."""
+    if not width > 2.0 / n:
+        return "connected"
+    return "isolated reference" if low <= d_min + 2.0 / n else "gap between states"
+
+
+def sampled_landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, J, h,
+                           references: np.ndarray, progress=None) -> dict:
+    """The landscape around each reference by parallel tempering (`tempering`), beside BP's: the
+    arrays under `<part>/sampled`, and the part's verdict from the sampled gaps."""
+    ls, sp = cfg.landscape, cfg.landscape.sampled
+    xs = np.linspace(-ls.x_max, ls.x_max, ls.x_steps)
+    n = h.shape[0]
+    g = group(scenario, part)
+    res = [tempered_landscape(J, h, ref, xs, lambda_steps=sp.lambda_steps, chains=sp.chains, sweeps=sp.sweeps,
+                              burn=sp.burn, seed=cfg.seed + r, progress=progress) for r, ref in enumerate(references)]
+    gs = f"{g}/sampled"
+    store.reset_group(gs)
+    store.write(gs, "x", res[0].x, ("x",))
+    for key in SAMPLED_FIELDS:
+        store.write(gs, key, np.array([getattr(r, key) for r in res]), ("reference", "x"))
+    store.write(gs, "d_histogram", np.array([r.d_histogram for r in res]), ("reference", "x", "d_index"))
+    store.write(gs, "swap_rate", np.array([r.swap_rate for r in res]), ("reference", "edge"))
+    gaps = [r.gap() for r in res]
+    verdicts = [gap_verdict(w, lo, float(np.flatnonzero(r.coverage() > GAP_LEVEL)[0]) / n, n)
+                for (w, lo, _), r in zip(gaps, res)]
+    # BP against sampling on the same x: BP's lower-free-energy branch at each x (its sweeps are
+    # stored from +x_max down, the sampled grid ascends)
+    if store.has(g, "d") and np.allclose(store.read(g, "x")[::-1], res[0].x):
+        d_bp, f_bp, s_bp = (store.read(g, k)[..., ::-1] for k in ("d", "free_energy", "entropy"))
+        pick = np.argmin(f_bp, axis=1)[:, None, :]
+        d_eq = np.take_along_axis(d_bp, pick, 1)[:, 0]
+        s_eq = np.take_along_axis(s_bp, pick, 1)[:, 0]
+        d_s, s_s = np.array([r.d for r in res]), np.array([r.entropy for r in res])
+        vs_bp = {"bp_vs_sampled_d_max": float(np.abs(d_eq - d_s).max()),
+                 "bp_vs_sampled_entropy_max": float(np.abs(s_eq - s_s).max())}
+    else:
+        vs_bp = {}
+    summary = {"sampled_gap_max": float(max(w for w, _, _ in gaps)),
+               "sampled_verdicts": {v: verdicts.count(v) for v in sorted(set(verdicts))},
+               "sampled_verdict": max(set(verdicts), key=lambda v: (verdicts.count(v), v)),
+               "sampled_rhat_max": float(max(r.rhat.max() for r in res)),
+               "sampled_mixed": bool(max(r.rhat.max() for r in res) < RHAT_BOUND),
+               "sampled_swap_rate_min": float(min(r.swap_rate.min() for r in res)),
+               "sampled_entropy_se_max": float(max(r.entropy_se.max() for r in res)), **vs_bp}
+    store.set_attrs({"gaps": [list(map(float, gp)) for gp in gaps], "verdicts": verdicts, **summary}, group=gs)
+    store.set_attrs(summary, group=g)
+    return summary

@@ -78,11 +78,21 @@ class FitSpec(StrictModel):
     bp_max_iter: int = Field(default=2000, gt=0)
 
 
+class SamplingSpec(StrictModel):
+    """The landscape by parallel tempering (`adaptsym.effective.tempering`), beside BP's."""
+
+    chains: int = Field(default=8, ge=2)  # independent copies of the ladder: the error bars
+    sweeps: int = Field(default=1000, gt=1)
+    burn: int = Field(default=100, ge=0)
+    lambda_steps: int = Field(default=16, gt=0)  # coupling rungs from the independent model (ln Z)
+
+
 class LandscapeSpec(StrictModel):
     x_max: float = Field(default=3.0, gt=0)  # sweeps run x_max -> -x_max and back
     x_steps: int = Field(default=61, gt=2)
     references: int = Field(default=2, gt=0)  # per energy class (low, medium, high)
     parts: bool = True  # also the left boundary, interior and right boundary
+    sampled: SamplingSpec | None = None  # also sample every landscape (None: BP only)
 
 
 class EffectiveConfig(StrictModel):

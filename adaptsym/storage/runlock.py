@@ -67,7 +67,8 @@ def _dir_lock(run_dir: str | Path, what: str):
 # lease: an object `<store URL>.lock` created with a conditional write (If-None-Match: *), so of
 # two writers exactly one creates it. Its holder rewrites it every lease/3 seconds (If-Match on
 # its own ETag). A lock not rewritten for `lease_s` seconds, by the server's clock (the object's
-# Last-Modified against the Date of the server's reply: no clock on two machines is compared), is
+# Last-Modified against the Date of the server's reply, both to the second: no clock on two
+# machines is compared), is
 # stale: a new writer takes it over with If-Match on the stale ETag, so again only one wins. A
 # holder that finds its lock gone or taken stops the process (KeyboardInterrupt in the main
 # thread) rather than write beside another writer. Stores at URLs other than s3:// are refused:
