@@ -214,10 +214,15 @@ def test_effective_model_job_end_to_end(reference, tmp_path):
         assert a["entropy_excess_max"] < 1e-3  # s(d) <= s_ub(d)
         d = store.read(f"effective/under/{part}", "d")
         assert d.shape == (3, 2, 9) and np.all((d >= 0) & (d <= 1))
-        assert np.all(np.diff(store.read(f"effective/under/{part}", "delta")) < 0)  # accepted steps lower Delta
+        delta = store.read(f"effective/under/{part}", "delta")
+        assert delta[-1] < delta[0]  # the steps lower the likelihood's loss, and with it Delta overall
+        sampled = store.read(f"effective/under/{part}/sampled", "d")
+        assert sampled.shape == (3, 9) and np.all((sampled >= 0) & (sampled <= 1))
+        assert a["sampled_verdict"] in ("connected", "isolated reference", "gap between states")
     assert store.attrs("effective/shallow/full")["rank_deficient"]  # 48 configurations, 60 weights
     html = (out / "effective-tiny" / "effective_report.html").read_text()
     assert "rank-deficient" in html and "effective_under_fig4" in html and "effective_shallow_fig3c" in html
+    assert "effective_under_fig4_sampled" in html and "sampled landscape" in html
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")  # not the global URI: no leak into other tests

@@ -135,22 +135,11 @@ def test_a_node_without_the_store_is_refused_before_any_tile(cluster, reference,
     np.testing.assert_equal(verify_run(run_dir)[0], [])
 
 
-def test_killed_driver_then_rerun_resumes_on_the_nodes(cluster, reference, tmp_path):
-    """The driver, connected to the multi-node cluster, is SIGKILLed after 3 h tiles; the same
-    command again (`adaptsym measure --ray HOST:PORT`) computes only the missing tiles, and the
-    arrays are bitwise the single-process ones."""
-    import signal
-    import subprocess
-    import sys
+def dying_driver(address: str, run_dir, actor_resources: dict | None = None) -> str:
+    """A driver script: measure epoch 3 of `run_dir` on the cluster, SIGKILL itself after 3 h tiles."""
     import textwrap
 
-    from jobs.cli import main
-
-    from .test_distributed import ENV, ROOT
-
-    cfg, ref_dir, ref = reference["entries"]
-    run_dir = fresh_copy(ref_dir, tmp_path)
-    script = textwrap.dedent(f"""
+    return textwrap.dedent(f"""
         import os, signal
         from services.cluster import connect
         from services.executor import RayExecutor
@@ -162,10 +151,27 @@ def test_killed_driver_then_rerun_resumes_on_the_nodes(cluster, reference, tmp_p
             if kind is HTileTask and done == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        connect({cluster.address!r})
+        connect({address!r})
         measure_run({str(run_dir)!r}, cfg=entries_only("mne"), epochs=[3], progress=False,
-                    executor=RayExecutor(threads_per_actor=1, on_progress=die))
+                    executor=RayExecutor(threads_per_actor=1, on_progress=die, actor_resources={actor_resources!r}))
     """)
+
+
+def test_killed_driver_then_rerun_resumes_on_the_nodes(cluster, reference, tmp_path):
+    """The driver, connected to the multi-node cluster, is SIGKILLed after 3 h tiles; the same
+    command again (`adaptsym measure --ray HOST:PORT`) computes only the missing tiles, and the
+    arrays are bitwise the single-process ones."""
+    import signal
+    import subprocess
+    import sys
+
+    from jobs.cli import main
+
+    from .test_distributed import ENV, ROOT
+
+    cfg, ref_dir, ref = reference["entries"]
+    run_dir = fresh_copy(ref_dir, tmp_path)
+    script = dying_driver(cluster.address, run_dir)
     proc = subprocess.run([sys.executable, "-c", script], env=ENV, cwd=ROOT, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     store = RunStore.for_run(run_dir, mode="r")
@@ -236,7 +242,6 @@ def test_a_bucket_store_across_nodes_a_killed_driver_leaves_a_lease_then_the_rer
     import signal
     import subprocess
     import sys
-    import textwrap
     import uuid
 
     from adaptsym.storage.runlock import RunLockedError
@@ -257,22 +262,7 @@ def test_a_bucket_store_across_nodes_a_killed_driver_leaves_a_lease_then_the_rer
     (run_dir / URL_POINTER).write_text(url)
     RunStore.for_run(run_dir).set_attrs(RunStore.for_run(ref_dir, mode="r").attrs())
     lease = 6
-    script = textwrap.dedent(f"""
-        import os, signal
-        from services.cluster import connect
-        from services.executor import RayExecutor
-        from adaptsym.measure import measure_run
-        from adaptsym.observables.entry_blocks import HTileTask
-        from tests.test_multinode import entries_only
-
-        def die(kind, done, total):
-            if kind is HTileTask and done == 3:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        connect({cluster.address!r})
-        measure_run({str(run_dir)!r}, cfg=entries_only("mne"), epochs=[3], progress=False,
-                    executor=RayExecutor(threads_per_actor=1, on_progress=die, actor_resources={{"bucket": 1}}))
-    """)
+    script = dying_driver(cluster.address, run_dir, actor_resources={"bucket": 1})
     env = {**ENV, **s3.env, "ADAPTSYM_LOCK_LEASE_S": str(lease)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)

@@ -39,7 +39,12 @@ COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("mom
            ("rank_deficient", "rank-deficient"),
            ("entropy_over_bound_mean", "mean s/s_ub"), ("entropy_excess_max", "max s - s_ub"),
            ("hysteresis_max_gap", "max |d_down - d_up|"), ("max_d_jump", "max jump of d"),
-           ("nonconverged_points", "BP not converged"), ("seconds", "seconds"))
+           ("nonconverged_points", "BP not converged"), ("unstable_points", "BP points unstable"),
+           ("bp_stable", "fit's BP point stable"), ("bp_fixed_points", "BP stable fixed points"),
+           ("gibbs_rhat", "R-hat of the fit's samples"),
+           ("sampled_verdict", "sampled landscape"), ("sampled_gap_max", "sampled: widest gap in d"),
+           ("sampled_rhat_max", "sampled: max R-hat"), ("bp_vs_sampled_d_max", "max |d BP - d sampled|"),
+           ("bp_vs_sampled_entropy_max", "max |s BP - s sampled|"), ("seconds", "seconds"))
 DIAG_COLUMNS = (("mean_abs_m", "data: mean |m_i|"),
                 ("rms_connected_shared_unit", "data: rms C_ij - m_i m_j, pairs sharing a unit"),
                 ("rms_connected_other", "data: same, other pairs"),
@@ -128,7 +133,47 @@ def figures(store: RunStore, scenario: str, out: Path) -> list[Path]:
         ax[1].legend(fontsize=6, ncol=2)
         fig.suptitle(f"{scenario}: entropy landscape, every reference (Fig. 4); dotted: the sweep back up")
         files.append(save_figure(fig, out / f"effective_{scenario}_fig4.png", dpi=100))
+    if store.has_group(f"{base}/full/sampled"):
+        files.append(sampled_figure(store, scenario, parts, out))
     return files
+
+
+def sampled_figure(store: RunStore, scenario: str, parts: list[str], out: Path) -> Path:
+    """BP's landscape (lines) against the sampled one (points, +- 2 standard errors), and how
+    often the tilted measures reach each d (below the dashed level: a gap)."""
+    from .tempering import GAP_LEVEL
+
+    base = f"effective/{scenario}"
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    dd = np.linspace(0, 1, 201)
+    ax[0].plot(dd, s_upper(dd), "k--", lw=1, label="s_ub(d)")
+    for i, p in enumerate(parts):
+        g, gs = f"{base}/{p}", f"{base}/{p}/sampled"
+        if not store.has_group(gs):
+            continue
+        d_bp, s_bp, x_bp = store.read(g, "d"), store.read(g, "entropy"), store.read(g, "x")
+        d, d_se, s, s_se, x = (store.read(gs, k) for k in ("d", "d_se", "entropy", "entropy_se", "x"))
+        hist = store.read(gs, "d_histogram")
+        for r in range(d.shape[0]):
+            first = r == 0
+            ax[0].plot(d_bp[r, 0], s_bp[r, 0], "-", color=f"C{i}", alpha=0.35, lw=1)
+            ax[0].errorbar(d[r], s[r], xerr=2 * d_se[r], yerr=2 * s_se[r], fmt=".", ms=3, color=f"C{i}",
+                           alpha=0.8, lw=0.6, label=f"{p} sampled" if first else None)
+            ax[1].plot(x_bp, d_bp[r, 0], "-", color=f"C{i}", alpha=0.35, lw=1, label=f"{p} BP" if first else None)
+            ax[1].errorbar(x, d[r], yerr=2 * d_se[r], fmt=".", ms=3, color=f"C{i}", alpha=0.8, lw=0.6,
+                           label=f"{p} sampled" if first else None)
+            cov = hist[r].max(0)
+            ax[2].semilogy(np.arange(len(cov)) / (len(cov) - 1), np.maximum(cov, 1e-7), "-", color=f"C{i}",
+                           alpha=0.6, lw=1, label=p if first else None)
+    ax[2].axhline(GAP_LEVEL, color="k", ls="--", lw=0.8, label="gap level")
+    ax[0].set(xlabel="d", ylabel="entropy density s(d)")
+    ax[1].set(xlabel="coupling field x", ylabel="d")
+    ax[2].set(xlabel="d", ylabel="largest probability over x", ylim=(1e-7, 1.5))
+    for a in ax:
+        a.legend(fontsize=7)
+    fig.suptitle(f"{scenario}: landscape by parallel tempering (points, 2 s.e.) against BP (lines), every "
+                 "reference; right: how often any x reaches each d")
+    return save_figure(fig, out / f"effective_{scenario}_fig4_sampled.png", dpi=100)
 
 
 def diagnostics(store: RunStore, group: str, widths: list[int], idx: np.ndarray) -> dict:
