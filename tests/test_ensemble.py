@@ -215,7 +215,7 @@ def test_effective_model_job_end_to_end(reference, tmp_path):
         d = store.read(f"effective/under/{part}", "d")
         assert d.shape == (3, 2, 9) and np.all((d >= 0) & (d <= 1))
         delta = store.read(f"effective/under/{part}", "delta")
-        assert delta[-1] < delta[0]  # the steps lower the likelihood's loss, and with it Delta overall
+        assert np.all(np.diff(delta) < 0)  # with BP moments every accepted step lowers Delta
         sampled = store.read(f"effective/under/{part}/sampled", "d")
         assert sampled.shape == (3, 9) and np.all((sampled >= 0) & (sampled <= 1))
         assert a["sampled_verdict"] in ("connected", "isolated reference", "gap between states")
