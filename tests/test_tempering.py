@@ -117,7 +117,7 @@ def test_a_part_gets_its_sampled_landscape_beside_bps_and_a_verdict(tmp_path):
     store = RunStore(tmp_path / "r.zarr")
     res = fit_part(store, cfg, "under", "full", exact_samples(J, h, 5000, np.random.default_rng(2)))
     attrs = store.attrs("effective/under/full")
-    assert attrs["bp_fixed_points"] == res["bp_fixed_points"] >= 1 and "bp_jacobian_radius" in attrs
+    assert attrs["bp_fixed_points"] == res["bp_fixed_points"] >= 1 and "bp_stable" in attrs
     refs = np.stack([np.ones(10), -np.ones(10)])
     bp = landscape_part(store, cfg, "under", "full", J, h, refs)
     out = sampled_landscape_part(store, cfg, "under", "full", J, h, refs)

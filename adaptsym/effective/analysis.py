@@ -21,7 +21,7 @@ Written to `effective/<scenario>/<part>/` in the run's zarr store:
         the BP fixed point attracts its iteration (`unstable_points` counts those that do not)
 with the fit's `steps`, `converged`, `delta`, `rank_deficient` and the references in attributes,
 and the BP fit's final model checked from several starts (`model.bp_solve`): `bp_stable`,
-`bp_fixed_points` (distinct stable ones; more than 1: several phases) and `bp_jacobian_radius`.
+and `bp_fixed_points` (distinct stable ones; more than 1: several phases).
 
 Fit (`fit.moments`): Boltzmann learning on BP moments (`delta_bp` its Delta per step); with
 `gibbs`, then persistent-contrastive-divergence steps from the BP fit on Gibbs-sampled moments
@@ -101,8 +101,7 @@ def fit_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, co
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnstableFixedPointWarning)
         ms = bp_solve(bp_fit.J, bp_fit.h, damping=f.damping, tol=f.bp_tol, max_iter=f.bp_max_iter, seed=cfg.seed)
-    summary = {"bp_stable": bool(ms.best.converged and ms.best.stable), "bp_fixed_points": ms.n_stable_points,
-               "bp_jacobian_radius": float(ms.best.jacobian_radius) if ms.best.converged else float("nan"),
+    summary = {"bp_stable": ms.best_attracts, "bp_fixed_points": ms.n_stable_points,
                "n_weights": n, "configurations": k, "moments": f.moments, "steps": bp_fit.steps - 1,
                "delta_bp": bp_fit.deltas[-1], "delta": fit.deltas[-1], "converged": bool(fit.converged),
                "target": f.target, "bp_iterations_last": bp_fit.bp_iterations[-1], "rank_deficient": bool(k <= n)}
