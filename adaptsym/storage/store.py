@@ -8,7 +8,7 @@
 The store is a directory, or an object-storage URL (`s3://bucket/prefix/results.zarr`, through
 fsspec and s3fs; credentials and endpoint from the standard AWS_* environment variables). A run
 whose config sets `results_url` keeps its checkpoints in the run directory and its store at
-`<results_url>/<name>/<model>/results.zarr`; the run directory then holds the URL in `results.url`.
+`<results_url>/<name>-<model>/results.zarr`; the run directory then holds the URL in `results.url`.
 
 A group is marked `complete` in its attributes only after all its arrays are written; readers
 and restarts treat a group without the mark as unfinished.
@@ -32,6 +32,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from ..errors import UserFacingError
 from ..util import ceil_div
@@ -93,8 +94,12 @@ def chunk_key(arr, coords: tuple[int, ...]) -> str:
 
 
 def chunk_exists(arr, coords: tuple[int, ...]) -> bool:
-    """Asked of the array's own zarr store: a file on disk, an object in a bucket."""
-    return bool(sync(arr.store_path.store.exists(chunk_key(arr, coords))))
+    """Asked of the array's own zarr store: a file on disk (directly: every read checks this), an
+    object in a bucket."""
+    store = arr.store_path.store
+    if isinstance(store, LocalStore):
+        return (Path(store.root) / chunk_key(arr, coords)).is_file()
+    return bool(sync(store.exists(chunk_key(arr, coords))))
 
 
 def chunk_file(root, arr, coords: tuple[int, ...]) -> str:
