@@ -33,18 +33,19 @@ from ..util import save_figure  # noqa: E402
 from ..errors import UserFacingError
 
 PART_ORDER = ("full", "LB", "ITR", "RB")
-COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("moments", "model moments"),
-           ("steps", "BP fit steps"), ("delta_bp", "Delta (BP)"), ("gibbs_steps", "Gibbs fit steps"),
-           ("delta", "Delta"), ("delta_noise", "sampling noise of Delta"), ("converged", "Delta < target"),
-           ("rank_deficient", "rank-deficient"),
-           ("entropy_over_bound_mean", "mean s/s_ub"), ("entropy_excess_max", "max s - s_ub"),
-           ("hysteresis_max_gap", "max |d_down - d_up|"), ("max_d_jump", "max jump of d"),
-           ("nonconverged_points", "BP not converged"), ("unstable_points", "BP points unstable"),
-           ("bp_stable", "fit's BP point stable"), ("bp_fixed_points", "BP stable fixed points"),
-           ("gibbs_rhat", "R-hat of the fit's samples"),
-           ("sampled_verdict", "sampled landscape"), ("sampled_gap_max", "sampled: widest gap in d"),
-           ("sampled_rhat_max", "sampled: max R-hat"), ("bp_vs_sampled_d_max", "max |d BP - d sampled|"),
-           ("bp_vs_sampled_entropy_max", "max |s BP - s sampled|"), ("seconds", "seconds"))
+FIT_COLUMNS = (("configurations", "configurations"), ("n_weights", "weights"), ("moments", "model moments"),
+               ("steps", "BP fit steps"), ("delta_bp", "Delta (BP)"), ("gibbs_steps", "Gibbs fit steps"),
+               ("delta", "Delta"), ("delta_noise", "sampling noise of Delta"), ("converged", "Delta < target"),
+               ("gibbs_rhat", "R-hat of the fit's samples"), ("rank_deficient", "rank-deficient"),
+               ("bp_stable", "fit's BP point stable"), ("bp_fixed_points", "BP stable fixed points"),
+               ("seconds", "seconds (fit and landscapes)"))
+LANDSCAPE_COLUMNS = (("entropy_over_bound_mean", "mean s/s_ub"), ("entropy_excess_max", "max s - s_ub"),
+                     ("hysteresis_max_gap", "max |d_down - d_up|"), ("max_d_jump", "max jump of d"),
+                     ("nonconverged_points", "BP not converged"), ("unstable_points", "BP points unstable"),
+                     ("sampled_verdict", "sampled landscape"), ("sampled_gap_max", "sampled: widest gap in d"),
+                     ("sampled_rhat_max", "sampled: max R-hat"), ("bp_vs_sampled_d_max", "max |d BP - d sampled|"),
+                     ("bp_vs_sampled_entropy_max", "max |s BP - s sampled|"),
+                     ("sampled_entropy_se_max", "sampled: max s.e. of s"))
 DIAG_COLUMNS = (("mean_abs_m", "data: mean |m_i|"),
                 ("rms_connected_shared_unit", "data: rms C_ij - m_i m_j, pairs sharing a unit"),
                 ("rms_connected_other", "data: same, other pairs"),
@@ -208,7 +209,9 @@ def write_report(store: RunStore, run_dir: Path) -> Path:
     body = ["<h1>Effective model of the weight space (Zou &amp; Huang)</h1>",
             "<p>Pairwise maximum-entropy (Ising) models of ensembles of binary-weight networks, fitted by Boltzmann "
             "learning with belief-propagation (and, with fit.moments: gibbs, Gibbs-sampled) moments; entropy density s(d) at Hamming distance d from reference "
-            "configurations, against the bound s_ub(d) = -d ln d - (1-d) ln(1-d). Definitions: docs/observables.md.</p>"]
+            "configurations, against the bound s_ub(d) = -d ln d - (1-d) ln(1-d), by belief propagation and, with "
+            "landscape.sampled, by parallel tempering (error bars, R-hat, and the gap in d that no x reaches). "
+            "Definitions: docs/observables.md.</p>"]
     for scenario, _ in sorted(store.root["effective"].groups()):
         attrs = store.attrs(f"effective/{scenario}")
         if not attrs.get("complete"):
@@ -218,22 +221,32 @@ def write_report(store: RunStore, run_dir: Path) -> Path:
         body.append(f"<h2>{html.escape(scenario)}: widths {attrs.get('widths')}, {ens.get('committed', '?')} "
                     f"configurations ({ens.get('networks_passed', '?')} of {ens.get('networks_trained', '?')} "
                     "trained networks passed)</h2>")
-        cols = COLUMNS + DIAG_COLUMNS
-        rows = ["<tr><th>part</th>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in cols) + "</tr>"]
+        tables = (("The fits", FIT_COLUMNS), ("Entropy landscapes: belief propagation and, where sampled, "
+                                               "parallel tempering", LANDSCAPE_COLUMNS),
+                  ("Correlations of the data and the fit's errors", DIAG_COLUMNS))
+        rows = {title: ["<tr><th>part</th>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in cols) + "</tr>"]
+                for title, cols in tables}
         notes = []
         index = parts(list(attrs["widths"]))
         for p in _parts(store, scenario):
             g = f"effective/{scenario}/{p}"
             a = store.attrs(g)
             a.update(diagnostics(store, g, list(attrs["widths"]), index[p]))
-            rows.append(f"<tr><td>{p}</td>" + "".join(f"<td>{_cell(a.get(k, '-'))}</td>" for k, _ in cols) + "</tr>")
+            for title, cols in tables:
+                rows[title].append(f"<tr><td>{p}</td>" + "".join(f"<td>{_cell(a.get(k, '-'))}</td>" for k, _ in cols)
+                                   + "</tr>")
+            if a.get("gibbs_rhat") is not None and not a.get("gibbs_mixed", True):
+                notes.append(f"{p}: the fit's Gibbs chains disagree (R-hat {a['gibbs_rhat']:.2f} > 1.1): its Delta and "
+                             "sampling noise understate the error")
             if a.get("rank_deficient"):
                 notes.append(f"{p}: {a['configurations']} configurations for {a['n_weights']} weights: the measured "
                              "correlation matrix is rank-deficient, and the fitted couplings are not determined by it")
             if not a.get("converged"):
                 notes.append(f"{p}: Delta = {a['delta']:.4f} ({a.get('moments', 'bp')} moments) has not reached the target "
                              f"{a['target']}; its landscape describes that model, not a fit of the ensemble")
-        body.append("<table border=1 cellspacing=0 cellpadding=3>" + "".join(rows) + "</table>")
+        for title, _ in tables:
+            body.append(f"<h3>{html.escape(title)}</h3><table border=1 cellspacing=0 cellpadding=3>"
+                        + "".join(rows[title]) + "</table>")
         body.append(f"<p>Pearson correlation of E(s)/N with test accuracy over the ensemble: "
                     f"{energy_accuracy_correlation(store, scenario):+.3f} (Fig. 3c)</p>")
         if notes:
