@@ -92,7 +92,28 @@ def test_bar_recovers_a_known_log_partition_ratio():
     assert got.shape == (C,) and np.abs(got - want).max() < 0.05
 
 
+@pytest.mark.parametrize("steps, want", [(9, "x grid too coarse"), (61, "connected")])
+def test_independent_spins_have_no_gap_however_coarse_the_grid(steps, want):
+    """A null built to have no gap: independent spins (N = 200), every P_x(d) unimodal, few samples
+    (4 copies x 100 sweeps). With 9 x steps the rungs' distributions do not overlap and their sparse
+    tails leave empty bins; this must not read as a gap (the rule without the straddle test and the
+    sample-size floor called it a "gap between states")."""
+    from adaptsym.effective.tempering import GAP_LEVEL
+
+    rng = np.random.default_rng(0)
+    n = 200
+    h, ref = rng.normal(0, 0.3, n), np.sign(rng.normal(size=n))
+    L = tempered_landscape(np.zeros((n, n)), h, ref, np.linspace(-2, 2, steps), lambda_steps=4, chains=4,
+                           sweeps=100, burn=20)
+    width, lo, _ = L.gap()
+    d_min = np.flatnonzero(L.coverage() > GAP_LEVEL)[0] / n
+    assert gap_verdict(width, lo, d_min, n, L.unresolved()) == want
+
+
 def test_gap_verdicts():
+    assert gap_verdict(0.5, 0.2, 0.0, 10) == "gap between states"  # d = 0 and 0.1 reached: a phase
+    assert gap_verdict(0.5, 0.1, 0.0, 10) == "isolated reference"  # only d = 0: the reference alone
+    assert gap_verdict(0.0, np.nan, 0.0, 100, unresolved=0.1) == "x grid too coarse"
     assert gap_verdict(0.0, np.nan, 0.0, 100) == "connected"
     assert gap_verdict(0.015, 0.3, 0.0, 100) == "connected"  # within 2/N
     assert gap_verdict(0.2, 0.01, 0.0, 100) == "isolated reference"

@@ -191,16 +191,20 @@ SAMPLED_FIELDS = ("q", "q_se", "d", "d_se", "entropy", "entropy_se", "free_energ
                   "energy_se", "rhat")
 
 
-def gap_verdict(width: float, low: float, d_min: float, n: int) -> str:
-    """The sampled landscape's reading of "shattered" for one reference. `connected`: every d
-    between the extremes of d(x) is reached with probability above GAP_LEVEL at some x (no gap
-    wider than 2/N). `isolated reference`: the gap starts at the smallest d reached, so near the
-    reference nothing is reached but the reference's own neighbourhood (Zou & Huang's shattered
-    space, an isolated configuration). `gap between states`: a band of d inside the range, between
-    two regions that are each reached (phase coexistence, as in a two-phase ferromagnet)."""
-    if not width > 2.0 / n:
-        return "connected"
-    return "isolated reference" if low <= d_min + 2.0 / n else "gap between states"
+def gap_verdict(width: float, low: float, d_min: float, n: int, unresolved: float = 0.0) -> str:
+    """The sampled landscape's reading of "shattered" for one reference, from its widest gap (a band
+    of d that no x reaches with probability above GAP_LEVEL, while one x reaches both sides:
+    `SampledLandscape.gap`). `isolated reference`: the gap starts right after the smallest d
+    reached, so below it nothing is reached but that one distance (Zou & Huang's shattered space:
+    the reference alone). With a tolerance of 2/N the strongly ordered phase of a 10-14-spin
+    ferromagnet (d = 0 and 1/N reached, then the gap) read as isolated; at such N a phase and a
+    point cannot be told apart by more than that one bin. `gap between states`: a band inside the range, between two regions that are
+    each reached (phase coexistence, as in a two-phase ferromagnet). Without a gap wider than 2/N:
+    `x grid too coarse` when a band that no single x straddles is wider than 2/N (neighbouring x
+    whose distributions of d do not overlap), else `connected`."""
+    if width > 2.0 / n:
+        return "isolated reference" if low <= d_min + 1.0 / n + 1e-12 else "gap between states"
+    return "x grid too coarse" if unresolved > 2.0 / n else "connected"
 
 
 def sampled_landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str, part: str, J, h,
@@ -221,7 +225,7 @@ def sampled_landscape_part(store: RunStore, cfg: EffectiveConfig, scenario: str,
     store.write(gs, "d_histogram", np.array([r.d_histogram for r in res]), ("reference", "x", "d_index"))
     store.write(gs, "swap_rate", np.array([r.swap_rate for r in res]), ("reference", "edge"))
     gaps = [r.gap() for r in res]
-    verdicts = [gap_verdict(w, lo, float(np.flatnonzero(r.coverage() > GAP_LEVEL)[0]) / n, n)
+    verdicts = [gap_verdict(w, lo, float(np.flatnonzero(r.coverage() > GAP_LEVEL)[0]) / n, n, r.unresolved())
                 for (w, lo, _), r in zip(gaps, res)]
     # BP against sampling on the same x: BP's lower-free-energy branch at each x (its sweeps are
     # stored from +x_max down, the sampled grid ascends)

@@ -160,7 +160,8 @@ def belief_propagation(J: np.ndarray, h: np.ndarray, messages: np.ndarray | None
     M[i, j] = tanh(h_i)) until max |M_new - M_old| < tol. A run that stops at `max_iter` raises
     NotConvergedError with its residual when `strict`, else returns `converged=False`. A converged
     point is checked for stability (`BPResult.jacobian_radius`) when `check_stability`, with an
-    UnstableFixedPointWarning when it repels the iteration."""
+    UnstableFixedPointWarning when it repels the iteration (`bp_attracts`: tens of iterations; the
+    spectral radius, `BPResult.jacobian_radius`, costs a thousand Jacobian products)."""
     check_model(J, h)
     n = h.shape[0]
     t = np.tanh(J)
@@ -181,11 +182,11 @@ def belief_propagation(J: np.ndarray, h: np.ndarray, messages: np.ndarray | None
             f"belief propagation did not converge in {max_iter} iterations (last residual {residual:.3g}, "
             f"tolerance {tol:g}); raise max_iter or the damping, or the couplings are too strong (glassy)")
     res = _observables(J, h, M, it, residual, converged, damping)
-    if check_stability and converged and not res.stable:
+    if check_stability and converged and not bp_attracts(J, h, M, damping, tol):
         import warnings
 
-        warnings.warn(f"belief propagation converged to an unstable fixed point (Jacobian spectral radius "
-                      f"{res.jacobian_radius:.3g} > 1): it was reached by symmetry, not as an attractor, and its "
+        warnings.warn("belief propagation converged to an unstable fixed point (a kick of 1e-4 does not return; "
+                      "`jacobian_radius` gives the rate): it was reached by symmetry, not as an attractor, and its "
                       "moments and free energy are not the model's; start from other messages (e.g. "
                       "m = +-1) and keep the lowest Bethe free energy", UnstableFixedPointWarning, stacklevel=2)
     return res
@@ -202,10 +203,13 @@ class MultiStartBP:
     best: BPResult  # the stable converged point of lowest Bethe free energy (else the lowest of all)
     free_energies: list[float]  # of every start (nan where it did not converge)
     stable: list[bool]  # of every start: converged to a point that attracts the iteration (`bp_attracts`)
-    n_stable_points: int  # distinct stable fixed points (magnetisations differing by more than 1e-4)
-
     points: list = field(default_factory=list, repr=False)  # the distinct stable fixed points, lowest F first
     best_attracts: bool = False  # `best` is one of `points` (else no start reached a stable point)
+
+    @property
+    def n_stable_points(self) -> int:
+        """Distinct stable fixed points (magnetisations differing by more than 1e-4)."""
+        return len(self.points)
 
     @property
     def unique(self) -> bool:
@@ -256,7 +260,7 @@ def bp_solve(J: np.ndarray, h: np.ndarray, starts: int = 4, seed: int = 0, stric
     pool = distinct or [r for r in runs if r.converged] or runs
     best = min(pool, key=lambda r: r.free_energy if np.isfinite(r.free_energy) else np.inf)
     out = MultiStartBP(best, [r.free_energy if r.converged else float("nan") for r in runs],
-                       attracting, len(distinct), distinct, any(best is p for p in distinct))
+                       attracting, distinct, any(best is p for p in distinct))
     if not out.ok:
         why = ("no start reached a stable fixed point" if not distinct else
                f"{len(distinct)} distinct stable fixed points (Bethe free energies "

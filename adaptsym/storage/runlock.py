@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def object_lock(store_url: str, what: str, lease_s: float | None = None):
                 if _precondition_failed(exc) or isinstance(exc, FileNotFoundError):
                     state["lost"] = f"the lock {url} was taken over or removed while this process held it"
                     print(f"adaptsym: {state['lost']}; stopping before writing beside another writer",
-                          file=__import__("sys").stderr, flush=True)
+                          file=sys.stderr, flush=True)
                     _thread.interrupt_main()
                     return
                 # a transient error (network): try again at the next beat, the lease has slack
